@@ -1,0 +1,29 @@
+"""Named dependencies for routers: the platform's services and the caller's tenant."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from agent_platform.container import Platform
+from agent_platform.services.executions import ExecutionService
+from agent_platform.tools.base import TenantContext
+
+
+def get_platform(request: Request) -> Platform:
+    return request.app.state.platform  # type: ignore[no-any-return]
+
+
+def get_executions(request: Request) -> ExecutionService:
+    return get_platform(request).executions
+
+
+def get_tenant(request: Request) -> TenantContext:
+    """Instance mode: the deployment's tenant, from the environment Omnistrate injects."""
+    return get_platform(request).settings.tenant
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+ExecutionsDep = Annotated[ExecutionService, Depends(get_executions)]
+TenantDep = Annotated[TenantContext, Depends(get_tenant)]

@@ -1,0 +1,194 @@
+"""Request and response shapes of the HTTP API (the OpenAPI at /docs is generated from these).
+
+Seed-compatible: `ExecutionOut` keeps `execution_id`, `status`, `result`, `error`, `steps`,
+`created_at`, `completed_at`; each step keeps `step`, `action`, `observation`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
+
+
+class ExecuteRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"task": "What is 2 + 2? Just give me the number.", "tools": []}]
+        },
+    )
+
+    task: str = Field(min_length=1, description="What the agent should do (natural language).")
+    tools: list[str] | None = Field(
+        None, description="Tools to enable: omitted/null = all, [] = none, a list = that subset."
+    )
+    model: str | None = Field(None, description="Model to use; must be in the allowlist.")
+    max_steps: int | None = Field(None, ge=1, description="Step budget (1..MAX_STEPS_LIMIT).")
+    metadata: dict[str, Any] | None = Field(
+        None, description="Your own small JSON object, stored and returned as is."
+    )
+    background: bool = Field(
+        False, description="true: answer 202 at once and let the client poll the execution."
+    )
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+class ToolCallOut(BaseModel):
+    name: str
+    arguments: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+    duration_ms: int | None = None
+
+
+class StepOut(BaseModel):
+    step: int
+    type: StepType
+    action: str | None = Field(None, description="The code the agent ran (or `final_answer`).")
+    observation: str | None = None
+    thought: str | None = None
+    model_output: str | None = None
+    code: str | None = None
+    tool_calls: list[ToolCallOut] = []
+    error: str | None = None
+    final_answer: str | None = None
+    usage: UsageOut
+    retries: int = 0
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+
+    @classmethod
+    def of(cls, s: StoredStep) -> StepOut:
+        final = s.type is StepType.FINAL_ANSWER
+        return cls(
+            step=s.step,
+            type=s.type,
+            action="final_answer" if final else s.code,
+            observation=s.final_answer if final else s.observation,
+            thought=s.thought,
+            model_output=s.model_output,
+            code=s.code,
+            tool_calls=[ToolCallOut(**c) for c in s.tool_calls],
+            error=s.error,
+            final_answer=s.final_answer,
+            usage=UsageOut(
+                input_tokens=s.input_tokens,
+                output_tokens=s.output_tokens,
+                total_tokens=s.input_tokens + s.output_tokens,
+            ),
+            retries=s.retries,
+            attempt=s.attempt,
+            started_at=s.started_at,
+            duration_ms=s.duration_ms,
+        )
+
+
+class ExecutionOut(BaseModel):
+    execution_id: str
+    status: ExecutionStatus
+    task: str
+    result: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    stop_reason: str | None = None
+    steps: list[StepOut] | None = Field(
+        None, description="Steps of the latest attempt (omitted in lists unless asked for)."
+    )
+    usage: UsageOut
+    model: str
+    tools: list[str] | None
+    max_steps: int
+    metadata: dict[str, Any]
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @classmethod
+    def of(cls, ex: Execution, *, with_steps: bool = True) -> ExecutionOut:
+        return cls(
+            execution_id=ex.id,
+            status=ex.status,
+            task=ex.task,
+            result=ex.result,
+            error=ex.error,
+            error_code=ex.error_code,
+            stop_reason=ex.stop_reason,
+            steps=[StepOut.of(s) for s in ex.steps] if with_steps else None,
+            usage=UsageOut(
+                input_tokens=ex.input_tokens,
+                output_tokens=ex.output_tokens,
+                total_tokens=ex.input_tokens + ex.output_tokens,
+            ),
+            model=ex.model,
+            tools=ex.tools,
+            max_steps=ex.max_steps,
+            metadata=ex.metadata,
+            attempt=ex.attempt,
+            created_at=ex.created_at,
+            started_at=ex.started_at,
+            completed_at=ex.completed_at,
+        )
+
+
+class ExecutionPage(BaseModel):
+    executions: list[ExecutionOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class ToolOut(BaseModel):
+    name: str
+    description: str
+    inputs: dict[str, Any]
+    output_type: str
+
+
+class ToolList(BaseModel):
+    tools: list[ToolOut]
+
+
+class TenantInfoOut(BaseModel):
+    tenant_id: str
+    tenant_email: str | None
+    tenant_name: str | None
+    org_id: str | None
+    org_name: str | None
+    instance_id: str | None
+    resource_id: str | None
+    service_id: str | None
+    plan_id: str | None
+    environment: str | None
+    is_omnistrate_deployment: bool
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="healthy | degraded")
+    version: str
+    mode: str = Field(description="embedded | server")
+    database: str
+    redis: str
+    worker: str
+    sandbox: str = Field(description="isolation level of model-written code")
+    providers: list[str]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+    fields: list[dict[str, Any]] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody

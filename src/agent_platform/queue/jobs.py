@@ -1,0 +1,169 @@
+"""The queue's SQL: claim, heartbeat, fenced step/finish writes and the reaper.
+
+The execution row is the job. A claim bumps `attempt`, which is the fencing token: every
+later write by a worker says `WHERE id = :id AND attempt = :attempt AND status = 'running'`,
+so a worker that lost its lease can never overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from agent_platform.domain import (
+    Execution,
+    ExecutionStatus,
+    RunOutcome,
+    StepRecord,
+)
+from agent_platform.errors import LeaseLost
+from agent_platform.store.repos import execution_from_row
+from agent_platform.store.tables import executions, steps
+
+RUNNING = ExecutionStatus.RUNNING.value
+QUEUED = ExecutionStatus.QUEUED.value
+
+
+def _fenced(execution_id: str, attempt: int) -> ColumnElement[bool]:
+    return and_(
+        executions.c.id == execution_id,
+        executions.c.attempt == attempt,
+        executions.c.status == RUNNING,
+    )
+
+
+async def claim(
+    conn: AsyncConnection,
+    *,
+    worker_id: str,
+    limit: int,
+    lease_s: float,
+    now: datetime,
+    is_postgres: bool,
+) -> list[Execution]:
+    """Atomically take up to `limit` queued executions, oldest first."""
+    picked = (
+        select(executions.c.id)
+        .where(executions.c.status == QUEUED)
+        .order_by(executions.c.created_at)
+        .limit(limit)
+    )
+    if is_postgres:
+        picked = picked.with_for_update(skip_locked=True)
+    result = await conn.execute(
+        update(executions)
+        .where(executions.c.id.in_(picked.scalar_subquery()), executions.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            attempt=executions.c.attempt + 1,
+            worker_id=worker_id,
+            lease_until=now + timedelta(seconds=lease_s),
+            started_at=func.coalesce(executions.c.started_at, now),
+            updated_at=now,
+        )
+        .returning(*executions.c)
+    )
+    return [execution_from_row(r) for r in result]
+
+
+async def heartbeat(
+    conn: AsyncConnection, execution_id: str, attempt: int, *, lease_s: float, now: datetime
+) -> bool:
+    """Extend the lease; False means this attempt was fenced out."""
+    result = await conn.execute(
+        update(executions)
+        .where(_fenced(execution_id, attempt))
+        .values(lease_until=now + timedelta(seconds=lease_s))
+    )
+    return result.rowcount == 1
+
+
+async def record_step(
+    conn: AsyncConnection,
+    execution: Execution,
+    step: StepRecord,
+    *,
+    lease_s: float,
+    now: datetime,
+) -> None:
+    """Store one step and add its tokens to the execution, fenced by attempt.
+
+    The UPDATE runs first so the transaction takes the row's write lock before inserting
+    (and doubles as a heartbeat)."""
+    result = await conn.execute(
+        update(executions)
+        .where(_fenced(execution.id, execution.attempt))
+        .values(
+            input_tokens=executions.c.input_tokens + step.input_tokens,
+            output_tokens=executions.c.output_tokens + step.output_tokens,
+            lease_until=now + timedelta(seconds=lease_s),
+            updated_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(execution.id)
+    values = asdict(step)
+    values["type"] = step.type.value
+    await conn.execute(
+        steps.insert().values(
+            execution_id=execution.id,
+            tenant_id=execution.tenant_id,
+            attempt=execution.attempt,
+            **values,
+        )
+    )
+
+
+async def finish(
+    conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *, now: datetime
+) -> None:
+    """Write the final status and result, fenced by attempt."""
+    result = await conn.execute(
+        update(executions)
+        .where(_fenced(execution.id, execution.attempt))
+        .values(
+            status=outcome.status.value,
+            result=outcome.result,
+            error=outcome.error,
+            error_code=outcome.error_code,
+            stop_reason=outcome.stop_reason.value if outcome.stop_reason else None,
+            completed_at=now,
+            lease_until=None,
+            updated_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(execution.id)
+
+
+async def reap(conn: AsyncConnection, *, now: datetime) -> tuple[list[str], list[str]]:
+    """Rescue executions whose worker stopped heartbeating.
+
+    Returns (requeued ids, failed ids): requeued while attempts remain, else failed."""
+    expired = and_(executions.c.status == RUNNING, executions.c.lease_until < now)
+    failed = await conn.execute(
+        update(executions)
+        .where(expired, executions.c.attempt >= executions.c.max_attempts)
+        .values(
+            status=ExecutionStatus.FAILED.value,
+            error="the worker running this execution stopped responding and no attempts are left",
+            error_code="worker_lost",
+            stop_reason="error",
+            completed_at=now,
+            lease_until=None,
+            updated_at=now,
+        )
+        .returning(executions.c.id)
+    )
+    failed_ids = [str(r[0]) for r in failed]
+    requeued = await conn.execute(
+        update(executions)
+        .where(expired, executions.c.attempt < executions.c.max_attempts)
+        .values(status=QUEUED, worker_id=None, lease_until=None, updated_at=now)
+        .returning(executions.c.id)
+    )
+    return [str(r[0]) for r in requeued], failed_ids

@@ -1,0 +1,229 @@
+"""The worker: wake (bus) or poll → claim → run the agent in a thread → record → finish.
+
+Several executions run at once (`WORKER_CONCURRENCY` slots); the agent loop is synchronous
+(smolagents), so each runs in a bounded thread pool created once. Leases are extended by a
+heartbeat and by every recorded step; a reaper (in every worker) requeues executions whose
+worker died. `burst=True` drains the queue and returns, for tests and one-shot jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from agent_platform.config import Settings
+from agent_platform.domain import (
+    WAKE_CHANNEL,
+    Execution,
+    ExecutionStatus,
+    RunOutcome,
+    StepRecord,
+    StopReason,
+    execution_channel,
+    utcnow,
+)
+from agent_platform.errors import LeaseLost, ServiceUnavailable
+from agent_platform.events import EventBus
+from agent_platform.queue import jobs
+from agent_platform.runtime.agent import AgentJob, AgentRunner, StopSignal
+from agent_platform.store.db import Database
+from agent_platform.tools.base import TenantContext
+
+log = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        bus: EventBus,
+        runner: AgentRunner,
+        *,
+        tenant: TenantContext,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.bus = bus
+        self.runner = runner
+        self.tenant = tenant
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.worker_id = worker_id or new_worker_id()
+        self.active: dict[str, asyncio.Task[None]] = {}
+        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="agent")
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._last_reap = 0.0
+
+    async def run(self, *, burst: bool = False) -> None:
+        """Serve until `stop()`; with `burst`, return once the queue is empty and idle."""
+        async with self.bus.subscribe(WAKE_CHANNEL) as wakeups:
+            listener = asyncio.create_task(self._listen(wakeups))
+            try:
+                await self._loop(burst)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop claiming; let running executions finish for up to `grace_s`."""
+        self._stopping.set()
+        self._wake.set()
+        if self.active:
+            await asyncio.wait(list(self.active.values()), timeout=grace_s)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _listen(self, wakeups: asyncio.Queue[dict[str, object]]) -> None:
+        while True:
+            await wakeups.get()
+            self._wake.set()
+
+    async def _loop(self, burst: bool) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            claimed = 0
+            try:
+                await self._maybe_reap()
+                claimed = await self._claim_and_start()
+            except ServiceUnavailable as exc:
+                log.warning("worker %s: %s", self.worker_id, exc)
+            if burst and claimed == 0 and not self.active:
+                return
+            if claimed and len(self.active) < self.concurrency:
+                continue  # there may be more waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
+
+    async def _maybe_reap(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap < self.settings.reaper_interval_s:
+            return
+        self._last_reap = now
+        async with self.db.begin() as conn:
+            requeued, failed = await jobs.reap(conn, now=utcnow())
+        for execution_id in failed:
+            await self.bus.publish(execution_channel(execution_id), {"status": "failed"})
+        if requeued:
+            log.warning("requeued %d execution(s) from lost workers", len(requeued))
+            await self.bus.publish(WAKE_CHANNEL, {"reason": "requeued"})
+
+    async def _claim_and_start(self) -> int:
+        free = self.concurrency - len(self.active)
+        if free <= 0:
+            return 0
+        async with self.db.begin() as conn:
+            claimed = await jobs.claim(
+                conn,
+                worker_id=self.worker_id,
+                limit=free,
+                lease_s=self.settings.lease_s,
+                now=utcnow(),
+                is_postgres=not self.db.is_sqlite,
+            )
+        for execution in claimed:
+            task = asyncio.create_task(self._execute(execution), name=f"exec-{execution.id}")
+            self.active[execution.id] = task
+            task.add_done_callback(lambda _t, eid=execution.id: self._done(eid))
+        return len(claimed)
+
+    def _done(self, execution_id: str) -> None:
+        self.active.pop(execution_id, None)
+        self._wake.set()
+
+    async def _execute(self, execution: Execution) -> None:
+        loop = asyncio.get_running_loop()
+        stop = StopSignal()
+        started = execution.started_at or utcnow()
+        remaining_s = execution.timeout_s - (utcnow() - started).total_seconds()
+        timer = loop.call_later(max(0.0, remaining_s), stop.set, StopReason.TIMEOUT)
+        heartbeat = asyncio.create_task(self._heartbeat(execution, stop))
+        await self.bus.publish(execution_channel(execution.id), {"status": "running"})
+
+        def on_step(step: StepRecord) -> None:
+            future = asyncio.run_coroutine_threadsafe(self._record(execution, step), loop)
+            future.result()
+
+        job = AgentJob(
+            execution_id=execution.id,
+            tenant=self.tenant,
+            task=execution.task,
+            tools=execution.tools if execution.tools is not None else [],
+            model=execution.model,
+            max_steps=execution.max_steps,
+        )
+        try:
+            outcome = await loop.run_in_executor(
+                self._threads, self._run_agent, job, on_step, stop, remaining_s
+            )
+            await self._finish(execution, outcome)
+        except LeaseLost:
+            log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
+        except Exception:
+            log.exception("execution %s crashed the worker loop", execution.id)
+            with contextlib.suppress(Exception):
+                await self._finish(
+                    execution,
+                    RunOutcome(
+                        status=ExecutionStatus.FAILED,
+                        error="internal error while running the execution",
+                        error_code="internal_error",
+                        stop_reason=StopReason.ERROR,
+                    ),
+                )
+        finally:
+            timer.cancel()
+            heartbeat.cancel()
+
+    def _run_agent(
+        self, job: AgentJob, on_step: object, stop: StopSignal, remaining_s: float
+    ) -> RunOutcome:
+        deadline = time.monotonic() + remaining_s
+        if remaining_s <= 0:
+            stop.set(StopReason.TIMEOUT)
+        return self.runner.run(job, on_step, stop, deadline=deadline)  # type: ignore[arg-type]
+
+    async def _record(self, execution: Execution, step: StepRecord) -> None:
+        async with self.db.begin() as conn:
+            await jobs.record_step(
+                conn, execution, step, lease_s=self.settings.lease_s, now=utcnow()
+            )
+        await self.bus.publish(
+            execution_channel(execution.id), {"status": "running", "step": step.step}
+        )
+
+    async def _finish(self, execution: Execution, outcome: RunOutcome) -> None:
+        async with self.db.begin() as conn:
+            await jobs.finish(conn, execution, outcome, now=utcnow())
+        await self.bus.publish(execution_channel(execution.id), {"status": outcome.status.value})
+
+    async def _heartbeat(self, execution: Execution, stop: StopSignal) -> None:
+        interval = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.db.begin() as conn:
+                    alive = await jobs.heartbeat(
+                        conn,
+                        execution.id,
+                        execution.attempt,
+                        lease_s=self.settings.lease_s,
+                        now=utcnow(),
+                    )
+            except ServiceUnavailable:
+                continue  # the lease still has time; try again
+            if not alive:
+                stop.set(StopReason.LEASE_LOST)
+                return

@@ -1,0 +1,306 @@
+"""Run one execution's CodeAgent and turn its memory steps into `StepRecord`s as they happen.
+
+Agents are built per execution (their memory and interpreter state must not leak), but from
+cached parts: the prompt templates are parsed once and the rendered system prompt is cached
+per tool set, which is most of smolagents' per-run cost.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+from smolagents import CodeAgent, LogLevel
+from smolagents.local_python_executor import LocalPythonExecutor, PythonExecutor
+from smolagents.memory import ActionStep, FinalAnswerStep, PlanningStep
+from smolagents.utils import AgentError, AgentMaxStepsError
+
+from agent_platform.domain import (
+    ExecutionStatus,
+    RunOutcome,
+    StepRecord,
+    StepType,
+    StopReason,
+)
+from agent_platform.errors import LeaseLost, ProviderError
+from agent_platform.runtime.broker import ToolBroker
+from agent_platform.runtime.providers import Interrupted, PlatformModel, Providers
+from agent_platform.tools.base import TenantContext, ToolContext
+from agent_platform.tools.registry import ToolRegistry
+
+AUTHORIZED_IMPORTS = [
+    "math", "statistics", "random", "datetime", "time", "re", "json", "itertools",
+    "collections", "functools", "unicodedata", "string", "decimal", "fractions",
+]  # fmt: skip
+
+StepSink = Callable[[StepRecord], None]
+ExecutorFactory = Callable[[str], PythonExecutor]
+
+
+class StopSignal:
+    """Why and when an execution must stop: timeout, cancel, or a lost lease."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: StopReason | None = None
+
+    def set(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+class ExecutionStopped(Exception):
+    """Raised at a step boundary once the stop signal is set."""
+
+
+@dataclass(frozen=True)
+class AgentJob:
+    execution_id: str
+    tenant: TenantContext
+    task: str
+    tools: list[str]
+    model: str
+    max_steps: int
+
+
+@lru_cache(maxsize=1)
+def _prompt_templates() -> dict[str, Any]:
+    text = resources.files("smolagents.prompts").joinpath("code_agent.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+_system_prompts: dict[tuple[str, ...], str] = {}
+
+
+class PlatformCodeAgent(CodeAgent):
+    """CodeAgent with a cached system prompt and provider errors that are not swallowed."""
+
+    def initialize_system_prompt(self) -> str:
+        key = (*sorted(self.tools), "|", *self.authorized_imports)
+        prompt = _system_prompts.get(key)
+        if prompt is None:
+            prompt = _system_prompts[key] = super().initialize_system_prompt()
+        return prompt
+
+    def provide_final_answer(self, task: str) -> Any:
+        """smolagents turns a failed final-answer call into a fake answer; we fail instead."""
+        model = self.model
+        assert isinstance(model, PlatformModel)
+        model.last_error = None
+        message = super().provide_final_answer(task)
+        if model.last_error is not None:
+            raise model.last_error
+        return message
+
+
+class AgentRunner:
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        providers: Providers,
+        executor_factory: ExecutorFactory | None = None,
+    ) -> None:
+        self.registry = registry
+        self.providers = providers
+        self.executor_factory = executor_factory or _local_executor
+
+    def run(
+        self, job: AgentJob, on_step: StepSink, stop: StopSignal, *, deadline: float | None = None
+    ) -> RunOutcome:
+        """Run to the end; `on_step` is called (in this thread) once per finished step."""
+        model = self.providers.build(job.model, stop.event)
+        model.deadline = deadline
+        broker = ToolBroker(
+            self.registry,
+            job.tools,
+            ToolContext(tenant=job.tenant, execution_id=job.execution_id),
+        )
+        executor = self.executor_factory(job.execution_id)
+        recorder = _StepRecorder(on_step, model, broker, stop)
+        agent = PlatformCodeAgent(
+            tools=broker.proxies(),
+            model=model,
+            prompt_templates=_prompt_templates(),
+            additional_authorized_imports=AUTHORIZED_IMPORTS,
+            executor=executor,
+            max_steps=job.max_steps,
+            verbosity_level=LogLevel.OFF,
+            step_callbacks={ActionStep: recorder, PlanningStep: recorder, FinalAnswerStep: recorder},
+        )
+        try:
+            answer = agent.run(job.task)
+        except LeaseLost:
+            raise
+        except BaseException as exc:  # classify by cause, in one place
+            return _outcome_for_error(exc, stop)
+        finally:
+            close = getattr(executor, "close", None) or getattr(executor, "cleanup", None)
+            if close is not None:
+                close()
+        stop_reason = StopReason.MAX_STEPS if recorder.hit_max_steps else StopReason.FINAL_ANSWER
+        return RunOutcome(
+            status=ExecutionStatus.COMPLETED,
+            result=_as_text(answer),
+            stop_reason=stop_reason,
+        )
+
+
+def _local_executor(_execution_id: str) -> PythonExecutor:
+    return LocalPythonExecutor(AUTHORIZED_IMPORTS)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = exc
+    while seen.__cause__ is not None and not isinstance(seen, (ProviderError, Interrupted)):
+        seen = seen.__cause__
+    return seen
+
+
+def _outcome_for_error(exc: BaseException, stop: StopSignal) -> RunOutcome:
+    cause = _root_cause(exc)
+    if stop.is_set() or isinstance(cause, (Interrupted, ExecutionStopped)):
+        if stop.reason in (None, StopReason.LEASE_LOST):
+            raise LeaseLost(str(exc)) from exc
+        if stop.reason is StopReason.TIMEOUT:
+            return RunOutcome(
+                status=ExecutionStatus.TIMED_OUT,
+                error="the execution exceeded its time limit",
+                error_code="timeout",
+                stop_reason=StopReason.TIMEOUT,
+            )
+        return RunOutcome(
+            status=ExecutionStatus.CANCELLED,
+            error="the execution was cancelled",
+            error_code="cancelled",
+            stop_reason=StopReason.CANCELLED,
+        )
+    if isinstance(cause, ProviderError):
+        return RunOutcome(
+            status=ExecutionStatus.FAILED,
+            error=cause.message,
+            error_code="provider_error",
+            stop_reason=StopReason.ERROR,
+        )
+    if isinstance(cause, KeyboardInterrupt | SystemExit):
+        raise exc
+    return RunOutcome(
+        status=ExecutionStatus.FAILED,
+        error=f"the agent failed: {type(cause).__name__}: {cause}",
+        error_code="agent_error",
+        stop_reason=StopReason.ERROR,
+    )
+
+
+class _StepRecorder:
+    """smolagents step callback: memory step → StepRecord → sink; then checks the stop signal."""
+
+    def __init__(
+        self, sink: StepSink, model: PlatformModel, broker: ToolBroker, stop: StopSignal
+    ) -> None:
+        self.sink = sink
+        self.model = model
+        self.broker = broker
+        self.stop = stop
+        self.last_step = 0
+        self.hit_max_steps = False
+
+    def __call__(self, memory_step: Any, **_: Any) -> None:
+        record = self._convert(memory_step)
+        if record is not None:
+            self.sink(record)
+        if self.stop.is_set() and not isinstance(memory_step, FinalAnswerStep):
+            raise ExecutionStopped(str(self.stop.reason))
+
+    def _convert(self, memory_step: Any) -> StepRecord | None:
+        if isinstance(memory_step, FinalAnswerStep):
+            self.last_step += 1
+            return StepRecord(
+                step=self.last_step,
+                type=StepType.FINAL_ANSWER,
+                started_at=datetime.now(UTC),
+                duration_ms=0,
+                final_answer=_as_text(memory_step.output),
+            )
+        if not isinstance(memory_step, ActionStep | PlanningStep):
+            return None
+        timing = memory_step.timing
+        end = timing.end_time or time.time()
+        usage = memory_step.token_usage
+        if isinstance(memory_step, PlanningStep):
+            self.last_step += 1
+            return StepRecord(
+                step=self.last_step,
+                type=StepType.PLANNING,
+                started_at=datetime.fromtimestamp(timing.start_time, UTC),
+                duration_ms=int((end - timing.start_time) * 1000),
+                model_output=memory_step.plan,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                retries=self.model.take_retries(),
+            )
+        error = memory_step.error
+        if error is None:
+            in_flight = sys.exc_info()[1]  # the callback runs in smolagents' `finally`
+            if in_flight is not None and not isinstance(in_flight, ExecutionStopped | LeaseLost):
+                error = _root_cause(in_flight)
+        if isinstance(error, AgentMaxStepsError):
+            self.hit_max_steps = True
+        model_output = memory_step.model_output
+        if isinstance(model_output, list):
+            model_output = "".join(str(part.get("text", "")) for part in model_output)
+        self.last_step = max(self.last_step + 1, memory_step.step_number)
+        return StepRecord(
+            step=self.last_step,
+            type=StepType.ACTION,
+            started_at=datetime.fromtimestamp(timing.start_time, UTC),
+            duration_ms=int((end - timing.start_time) * 1000),
+            model_output=model_output,
+            thought=_thought(model_output),
+            code=memory_step.code_action,
+            observation=memory_step.observations,
+            tool_calls=self.broker.drain(),
+            error=_error_text(error),
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            retries=self.model.take_retries(),
+        )
+
+
+def _thought(model_output: str | None) -> str | None:
+    if not model_output:
+        return None
+    head = model_output.split("<code>", 1)[0].strip()
+    if head.lower().startswith("thought:"):
+        head = head[len("thought:") :].strip()
+    return head or None
+
+
+def _error_text(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, AgentError):
+        return error.message
+    if isinstance(error, ProviderError):
+        return error.message
+    return f"{type(error).__name__}: {error}"
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    to_string = getattr(value, "to_string", None)
+    return to_string() if callable(to_string) else str(value)

@@ -1,0 +1,106 @@
+"""Tool brokering: the worker side of every tool call an execution makes.
+
+The agent (and, with the sandbox, the child process) holds only proxies; each call lands in
+`ToolBroker.call`, which checks the tool is enabled for this execution, enforces the call
+cap, runs the platform tool with the execution's context and records the call for its step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from smolagents.tools import Tool
+
+from agent_platform.tools.base import ToolContext, ToolFailure
+from agent_platform.tools.registry import ToolRegistry
+
+PREVIEW_CHARS = 2_000
+
+
+class ToolCallRefused(Exception):
+    """Raised into the model's code: the call is not allowed."""
+
+
+class ToolBroker:
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        enabled: list[str],
+        ctx: ToolContext,
+        *,
+        max_calls: int = 100,
+        max_result_chars: int = 100_000,
+    ) -> None:
+        self.registry = registry
+        self.enabled = list(enabled)
+        self.ctx = ctx
+        self.max_calls = max_calls
+        self.max_result_chars = max_result_chars
+        self.calls_made = 0
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if name not in self.enabled:
+            raise ToolCallRefused(f"tool {name!r} is not enabled for this execution")
+        with self._lock:
+            if self.calls_made >= self.max_calls:
+                raise ToolCallRefused(
+                    f"tool call limit reached ({self.max_calls} calls per execution)"
+                )
+            self.calls_made += 1
+        tool = self.registry.get(name)
+        arguments = dict(zip(tool.inputs, args, strict=False)) | kwargs
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            result = tool.run(self.ctx, **arguments)
+        except ToolFailure as exc:
+            result, error = f"Error: {exc}", str(exc)
+        if isinstance(result, str) and len(result) > self.max_result_chars:
+            result = result[: self.max_result_chars] + "\n[truncated]"
+        record = {
+            "name": name,
+            "arguments": arguments,
+            "result": _preview(result),
+            "error": error,
+            "duration_ms": int((time.perf_counter() - started) * 1000),
+        }
+        with self._lock:
+            self._pending.append(record)
+        return result
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The calls made since the last drain: one step's tool calls."""
+        with self._lock:
+            calls, self._pending = self._pending, []
+        return calls
+
+    def proxies(self) -> list[Tool]:
+        """smolagents tools with the same names, descriptions and inputs, brokered here."""
+        return [_proxy(self, self.registry.get(name)) for name in self.enabled]
+
+
+def _preview(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > PREVIEW_CHARS:
+        return value[:PREVIEW_CHARS] + "…"
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    text = value if isinstance(value, str) else repr(value)
+    return text[:PREVIEW_CHARS]
+
+
+def _proxy(broker: ToolBroker, spec: Any) -> Tool:
+    class BrokeredTool(Tool):
+        name = spec.name
+        description = spec.description
+        inputs = spec.inputs
+        output_type = spec.output_type
+        skip_forward_signature_validation = True
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return broker.call(spec.name, args, kwargs)
+
+    return BrokeredTool()

@@ -1,0 +1,357 @@
+"""LLM providers as smolagents `Model`s: Anthropic (official `anthropic` SDK) and any
+OpenAI-compatible endpoint (official `openai` SDK: OpenAI, vLLM, Ollama, llama.cpp).
+
+SDK exceptions are translated here, once, into `ProviderError` (with `retryable`), and our
+retry policy (jittered exponential backoff honouring `retry-after`, `MAX_RETRIES`) applies
+inside each call. The SDKs' own retries are off (`max_retries=0`), and so are smolagents'.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import openai
+from smolagents.models import (
+    ChatMessage,
+    MessageRole,
+    Model,
+    TokenUsage,
+    get_clean_message_list,
+    tool_role_conversions,
+)
+
+from agent_platform.config import Settings
+from agent_platform.errors import ProviderError, ProviderNotConfigured
+
+ANTHROPIC = "anthropic"
+OPENAI = "openai"
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+NO_PROVIDER_HELP = (
+    "no LLM provider is configured: set ANTHROPIC_API_KEY (Claude), or OPENAI_BASE_URL "
+    "(and OPENAI_API_KEY if needed) for an OpenAI-compatible server such as a local Ollama "
+    "(OPENAI_BASE_URL=http://localhost:11434/v1 DEFAULT_MODEL=llama3.2)"
+)
+
+
+class Interrupted(Exception):
+    """The execution was stopped (timeout, cancel, lost lease) while waiting on the model."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay_s(self, retry: int, retry_after_s: float | None) -> float:
+        """Full-jitter exponential backoff; a server's `retry-after` is a floor."""
+        backoff = random.uniform(0, min(self.cap_s, self.base_s * 2**retry))
+        if retry_after_s is not None:
+            return min(self.cap_s, max(backoff, retry_after_s))
+        return backoff
+
+
+def split_model_name(name: str) -> tuple[str, str]:
+    """`anthropic/x` or `openai/x` pick the provider explicitly; else `claude*` is Anthropic."""
+    if "/" in name:
+        prefix, rest = name.split("/", 1)
+        if prefix in (ANTHROPIC, OPENAI):
+            return prefix, rest
+    return (ANTHROPIC if name.startswith("claude") else OPENAI), name
+
+
+class PlatformModel(Model):
+    """Common part of our models: retry loop, interruptible sleeps, retry accounting."""
+
+    provider = "provider"
+
+    def __init__(self, model_id: str, *, retry: RetryPolicy, stop: threading.Event) -> None:
+        super().__init__(model_id=model_id)
+        self.retry_policy = retry
+        self.stop = stop
+        self.deadline: float | None = None  # time.monotonic() by which the run must end
+        self.last_error: ProviderError | None = None
+        self._retries = 0
+
+    def take_retries(self) -> int:
+        """Retries spent since the last call of this method (one step's worth)."""
+        count, self._retries = self._retries, 0
+        return count
+
+    def generate(
+        self,
+        messages: list[ChatMessage | dict[str, Any]],
+        stop_sequences: list[str] | None = None,
+        response_format: dict[str, str] | None = None,
+        tools_to_call_from: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> ChatMessage:
+        clean = get_clean_message_list(
+            messages, role_conversions=tool_role_conversions, flatten_messages_as_text=True
+        )
+        retry = 0
+        while True:
+            if self.stop.is_set():
+                raise Interrupted("stopped before the model call")
+            try:
+                return self._call(clean, stop_sequences)
+            except ProviderError as exc:
+                if not exc.retryable or retry >= self.retry_policy.max_retries:
+                    self.last_error = exc
+                    raise
+                delay = self.retry_policy.delay_s(retry, exc.retry_after_s)
+                retry += 1
+                self._retries += 1
+                if self.stop.wait(delay):
+                    raise Interrupted("stopped while waiting to retry the model call") from exc
+
+    def _call(self, messages: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
+        raise NotImplementedError
+
+    def call_timeout_s(self, configured_s: float) -> float:
+        """A provider call never outlives the execution's deadline."""
+        if self.deadline is None:
+            return configured_s
+        return max(1.0, min(configured_s, self.deadline - time.monotonic()))
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        value = headers.get("retry-after") if headers is not None else None
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _status_message(body: Any, fallback: str) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return fallback
+
+
+def _translate(exc: Exception, provider: str) -> ProviderError:
+    """Map an SDK exception (anthropic or openai share the shape) to ProviderError."""
+    label = "Anthropic" if provider == ANTHROPIC else "OpenAI-compatible provider"
+    status_error = (anthropic.APIStatusError, openai.APIStatusError)
+    connection_error = (anthropic.APIConnectionError, openai.APIConnectionError)
+    if isinstance(exc, status_error):
+        status = exc.status_code
+        message = _status_message(exc.body, str(exc))
+        return ProviderError(
+            f"{label} returned {status}: {message}",
+            provider=provider,
+            status=status,
+            retryable=status in RETRYABLE_STATUSES or status >= 500,
+            retry_after_s=_retry_after(exc.response.headers),
+        )
+    if isinstance(exc, connection_error):
+        kind = "timed out" if "Timeout" in type(exc).__name__ else "could not be reached"
+        return ProviderError(f"{label} {kind}: {exc}", provider=provider, retryable=True)
+    return ProviderError(f"{label} call failed: {exc}", provider=provider)
+
+
+class AnthropicModel(PlatformModel):
+    """Claude through the Messages API. No assistant prefill (a 400 on current models), no
+    sampling parameters (ignored on the 5.x family), thinking only as `adaptive` + effort."""
+
+    provider = ANTHROPIC
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        client: anthropic.Anthropic,
+        max_tokens: int,
+        thinking_effort: str,
+        retry: RetryPolicy,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(model_id, retry=retry, stop=stop)
+        self.client = client
+        self.max_tokens = max_tokens
+        self.thinking_effort = thinking_effort
+
+    def _call(self, messages: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
+        system, turns = to_anthropic_messages(messages)
+        request: dict[str, Any] = {
+            "model": self.model_id,
+            "max_tokens": self.max_tokens,
+            "messages": turns,
+        }
+        if system:
+            request["system"] = system
+        if stop:
+            request["stop_sequences"] = [s for s in stop if s.strip()]
+        if self.thinking_effort != "off":
+            request["thinking"] = {"type": "adaptive"}
+            request["output_config"] = {"effort": self.thinking_effort}
+        try:
+            response = self.client.messages.create(
+                **request,
+                timeout=self.call_timeout_s(self.client.timeout),  # type: ignore[arg-type]
+            )
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc, ANTHROPIC) from exc
+        text = "".join(b.text for b in response.content if getattr(b, "type", "") == "text")
+        return ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content=text,
+            token_usage=TokenUsage(
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+            ),
+        )
+
+
+def to_anthropic_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """System text goes top-level; turns alternate and start and end with the user
+    (a trailing assistant turn would be a prefill, which current Claude models reject)."""
+    system_parts: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        role, content = MessageRole(message["role"]).value, str(message.get("content") or "")
+        if role == MessageRole.SYSTEM.value:
+            system_parts.append(content)
+            continue
+        role = "assistant" if role == MessageRole.ASSISTANT.value else "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n" + content
+        else:
+            turns.append({"role": role, "content": content})
+    if not turns or turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": "Begin."})
+    if turns[-1]["role"] == "assistant":
+        turns.append({"role": "user", "content": "Continue."})
+    for turn in turns:
+        if not turn["content"].strip():
+            turn["content"] = "(empty)"
+    return "\n\n".join(system_parts), turns
+
+
+class OpenAICompatibleModel(PlatformModel):
+    """Chat Completions through the official `openai` SDK (OpenAI, vLLM, Ollama, llama.cpp)."""
+
+    provider = OPENAI
+
+    def __init__(
+        self, model_id: str, *, client: openai.OpenAI, retry: RetryPolicy, stop: threading.Event
+    ) -> None:
+        super().__init__(model_id, retry=retry, stop=stop)
+        self.client = client
+
+    def _call(self, messages: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
+        request: dict[str, Any] = {"model": self.model_id, "messages": messages}
+        if stop:
+            request["stop"] = stop[:4]
+        try:
+            response = self.client.chat.completions.create(
+                **request,
+                timeout=self.call_timeout_s(self.client.timeout),  # type: ignore[arg-type]
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc, OPENAI) from exc
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        return ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content=(choice.message.content if choice else "") or "",
+            token_usage=TokenUsage(
+                input_tokens=usage.prompt_tokens if usage else 0,
+                output_tokens=usage.completion_tokens if usage else 0,
+            ),
+        )
+
+
+class Providers:
+    """Knows which providers are configured and builds a model per execution.
+
+    SDK clients (and their connection pools) are created once and shared by all executions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.retry = RetryPolicy(max_retries=settings.max_retries)
+        self._anthropic: anthropic.Anthropic | None = None
+        self._openai: openai.OpenAI | None = None
+        if settings.anthropic_api_key:
+            self._anthropic = anthropic.Anthropic(
+                api_key=settings.anthropic_api_key.get_secret_value(),
+                base_url=settings.anthropic_base_url or None,
+                max_retries=0,
+                timeout=settings.provider_timeout_s,
+            )
+        if settings.openai_base_url or settings.openai_api_key:
+            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+            self._openai = openai.OpenAI(
+                api_key=key or "not-needed",
+                base_url=settings.openai_base_url or None,
+                max_retries=0,
+                timeout=settings.provider_timeout_s,
+            )
+
+    @property
+    def any_configured(self) -> bool:
+        return self._anthropic is not None or self._openai is not None
+
+    def is_configured(self, model: str) -> bool:
+        provider, _ = split_model_name(model)
+        return (self._anthropic if provider == ANTHROPIC else self._openai) is not None
+
+    def check(self, model: str) -> None:
+        """Raise ProviderNotConfigured (a clear 503) when `model` has no provider."""
+        if self.is_configured(model):
+            return
+        provider, _ = split_model_name(model)
+        if not self.any_configured:
+            raise ProviderNotConfigured(NO_PROVIDER_HELP)
+        hint = "ANTHROPIC_API_KEY" if provider == ANTHROPIC else "OPENAI_BASE_URL/OPENAI_API_KEY"
+        raise ProviderNotConfigured(
+            f"model {model!r} needs the {provider} provider, which is not configured (set {hint})"
+        )
+
+    def build(self, model: str, stop: threading.Event) -> PlatformModel:
+        self.check(model)
+        provider, model_id = split_model_name(model)
+        if provider == ANTHROPIC:
+            assert self._anthropic is not None
+            return AnthropicModel(
+                model_id,
+                client=self._anthropic,
+                max_tokens=self.settings.model_max_tokens,
+                thinking_effort=self.settings.anthropic_thinking_effort,
+                retry=self.retry,
+                stop=stop,
+            )
+        assert self._openai is not None
+        return OpenAICompatibleModel(model_id, client=self._openai, retry=self.retry, stop=stop)
+
+    def startup_warnings(self) -> list[str]:
+        """What an operator should hear at startup: no provider, deprecated models."""
+        notes: list[str] = []
+        if not self.any_configured:
+            notes.append(NO_PROVIDER_HELP)
+        for model in self.settings.models:
+            provider, model_id = split_model_name(model)
+            if provider == ANTHROPIC and (eol := deprecated_anthropic_models().get(model_id)):
+                notes.append(
+                    f"model {model_id!r} is deprecated and reaches end-of-life on {eol}: "
+                    "move DEFAULT_MODEL/ALLOWED_MODELS to a current Claude model"
+                )
+        return notes
+
+
+def deprecated_anthropic_models() -> dict[str, str]:
+    """The SDK's own list of deprecated models (the source of its DeprecationWarning)."""
+    try:
+        from anthropic._data import DEPRECATED_MODELS  # the SDK ships no public accessor
+    except ImportError:  # pragma: no cover - older SDKs
+        return {}
+    with warnings.catch_warnings():
+        return dict(DEPRECATED_MODELS)

@@ -1,0 +1,183 @@
+"""Every SQL statement about executions and steps that the API side needs.
+
+Queue statements (claim, heartbeat, fenced writes, reaper) live in `queue/jobs.py`.
+Every read filters by `tenant_id`: another tenant's row is simply not found.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
+from agent_platform.store.tables import executions, steps
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def execution_from_row(row: Any) -> Execution:
+    m = row._mapping
+    return Execution(
+        id=str(m["id"]),
+        tenant_id=m["tenant_id"],
+        status=ExecutionStatus(m["status"]),
+        task=m["task"],
+        tools=m["tools"],
+        model=m["model"],
+        max_steps=m["max_steps"],
+        metadata=m["request_metadata"] or {},
+        timeout_s=m["timeout_s"],
+        created_at=as_utc(m["created_at"]),  # type: ignore[arg-type]
+        attempt=m["attempt"],
+        max_attempts=m["max_attempts"],
+        result=m["result"],
+        error=m["error"],
+        error_code=m["error_code"],
+        stop_reason=m["stop_reason"],
+        input_tokens=m["input_tokens"],
+        output_tokens=m["output_tokens"],
+        started_at=as_utc(m["started_at"]),
+        completed_at=as_utc(m["completed_at"]),
+        worker_id=m["worker_id"],
+        lease_until=as_utc(m["lease_until"]),
+    )
+
+
+def step_from_row(row: Any) -> StoredStep:
+    m = row._mapping
+    return StoredStep(
+        step=m["step"],
+        type=StepType(m["type"]),
+        started_at=as_utc(m["started_at"]),  # type: ignore[arg-type]
+        duration_ms=m["duration_ms"],
+        model_output=m["model_output"],
+        thought=m["thought"],
+        code=m["code"],
+        observation=m["observation"],
+        tool_calls=m["tool_calls"] or [],
+        error=m["error"],
+        input_tokens=m["input_tokens"],
+        output_tokens=m["output_tokens"],
+        retries=m["retries"],
+        final_answer=m["final_answer"],
+        attempt=m["attempt"],
+    )
+
+
+def parse_id(value: str) -> str | None:
+    """Canonical form of an execution id, or None when it is not a UUID (→ 404, not 500)."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+async def insert_execution(conn: AsyncConnection, ex: Execution) -> None:
+    await conn.execute(
+        executions.insert().values(
+            id=ex.id,
+            tenant_id=ex.tenant_id,
+            status=ex.status.value,
+            task=ex.task,
+            tools=ex.tools,
+            model=ex.model,
+            max_steps=ex.max_steps,
+            request_metadata=ex.metadata,
+            timeout_s=ex.timeout_s,
+            attempt=0,
+            max_attempts=ex.max_attempts,
+            input_tokens=0,
+            output_tokens=0,
+            created_at=ex.created_at,
+            updated_at=ex.created_at,
+        )
+    )
+
+
+async def get_execution(
+    conn: AsyncConnection, tenant_id: str, execution_id: str, *, with_steps: bool = True
+) -> Execution | None:
+    row = (
+        await conn.execute(
+            select(executions).where(
+                executions.c.id == execution_id, executions.c.tenant_id == tenant_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    ex = execution_from_row(row)
+    if with_steps and ex.attempt > 0:
+        ex.steps = await list_steps(conn, tenant_id, ex.id, attempt=ex.attempt)
+    return ex
+
+
+async def get_status(conn: AsyncConnection, tenant_id: str, execution_id: str) -> str | None:
+    return (
+        await conn.execute(
+            select(executions.c.status).where(
+                executions.c.id == execution_id, executions.c.tenant_id == tenant_id
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def list_steps(
+    conn: AsyncConnection, tenant_id: str, execution_id: str, *, attempt: int | None = None
+) -> list[StoredStep]:
+    query = select(steps).where(
+        steps.c.execution_id == execution_id, steps.c.tenant_id == tenant_id
+    )
+    if attempt is not None:
+        query = query.where(steps.c.attempt == attempt)
+    rows = await conn.execute(query.order_by(steps.c.attempt, steps.c.step))
+    return [step_from_row(r) for r in rows]
+
+
+async def list_executions(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    status: ExecutionStatus | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Execution], int]:
+    where = [executions.c.tenant_id == tenant_id]
+    if status is not None:
+        where.append(executions.c.status == status.value)
+    rows = await conn.execute(
+        select(executions)
+        .where(*where)
+        .order_by(executions.c.created_at.desc(), executions.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    items = [execution_from_row(r) for r in rows]
+    counted = select(func.count()).select_from(executions).where(*where)
+    total = (await conn.execute(counted)).scalar_one()
+    return items, int(total)
+
+
+async def steps_for(conn: AsyncConnection, tenant_id: str, items: list[Execution]) -> None:
+    """Attach each execution's latest-attempt steps in one query (list endpoint)."""
+    wanted = {ex.id: ex for ex in items if ex.attempt > 0}
+    if not wanted:
+        return
+    rows = await conn.execute(
+        select(steps)
+        .where(steps.c.tenant_id == tenant_id, steps.c.execution_id.in_(list(wanted)))
+        .order_by(steps.c.execution_id, steps.c.attempt, steps.c.step)
+    )
+    for row in rows:
+        ex = wanted[str(row._mapping["execution_id"])]
+        if row._mapping["attempt"] == ex.attempt:
+            ex.steps.append(step_from_row(row))
