@@ -65,7 +65,9 @@ async def test_usage_matches_the_provider(client: httpx.AsyncClient, llm: FakeLL
     assert len(served) == 2
     assert body["usage"]["input_tokens"] == sum(r.input_tokens for r in served)
     assert body["usage"]["output_tokens"] == sum(r.output_tokens for r in served)
-    assert served[0].output_tokens == count_tokens(body["steps"][0]["model_output"][: -len("</code>")])
+    assert served[0].output_tokens == count_tokens(
+        body["steps"][0]["model_output"][: -len("</code>")]
+    )
 
 
 async def test_tools_run_on_the_worker_and_are_recorded(
@@ -122,7 +124,9 @@ async def test_provider_overloaded_then_success_records_retries(
     client: httpx.AsyncClient, llm: FakeLLMServer
 ) -> None:
     kw = keyword()
-    llm.script(kw, [Text(code("print(1)").text, fail_first=[529, 500], retry_after=0.01), final("'ok'")])
+    llm.script(
+        kw, [Text(code("print(1)").text, fail_first=[529, 500], retry_after=0.01), final("'ok'")]
+    )
     body = (await client.post(EXECUTE, json={"task": kw, "tools": []})).json()
     assert body["status"] == "completed" and body["result"] == "ok"
     assert body["steps"][0]["retries"] == 2

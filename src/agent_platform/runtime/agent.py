@@ -137,7 +137,11 @@ class AgentRunner:
             executor=executor,
             max_steps=job.max_steps,
             verbosity_level=LogLevel.OFF,
-            step_callbacks={ActionStep: recorder, PlanningStep: recorder, FinalAnswerStep: recorder},
+            step_callbacks={
+                ActionStep: recorder,
+                PlanningStep: recorder,
+                FinalAnswerStep: recorder,
+            },
         )
         try:
             answer = agent.run(job.task)

@@ -22,10 +22,25 @@ from agent_platform.errors import ServiceUnavailable
 _UNAVAILABLE = (OperationalError, InterfaceError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
+# SQLSTATE classes that mean "the server is not there for us right now": connection
+# exceptions, operator intervention (shutdown, cannot connect now), insufficient resources.
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53")
+
+
 def _is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, _UNAVAILABLE):
         return True
-    return isinstance(exc, _UNAVAILABLE)
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        state = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+        if state.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        if "not currently accepting connections" in str(orig):  # ALLOW_CONNECTIONS false
+            return True
+        return isinstance(getattr(orig, "__cause__", None), OSError | ConnectionError)
+    return False
 
 
 class Database:

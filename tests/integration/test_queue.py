@@ -1,0 +1,147 @@
+"""The queue's guarantees at the SQL level, on PostgreSQL and SQLite: atomic claims, fencing
+of stale workers, the reaper's requeue and its final failure."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from agent_platform.domain import (
+    Execution,
+    ExecutionStatus,
+    RunOutcome,
+    StepRecord,
+    StepType,
+    utcnow,
+)
+from agent_platform.errors import LeaseLost
+from agent_platform.queue import jobs
+from agent_platform.store import migrate, repos
+from agent_platform.store.db import Database
+
+TENANT = "tenant-q"
+
+
+@pytest.fixture
+async def db(backend: dict[str, Any]) -> AsyncIterator[Database]:
+    database = Database(backend["database_url"])
+    await migrate.upgrade(database)
+    yield database
+    await database.dispose()
+
+
+def new_execution(max_attempts: int = 2) -> Execution:
+    return Execution(
+        id=str(uuid.uuid4()),
+        tenant_id=TENANT,
+        status=ExecutionStatus.QUEUED,
+        task="t",
+        tools=[],
+        model="m",
+        max_steps=3,
+        metadata={},
+        created_at=utcnow(),
+        max_attempts=max_attempts,
+    )
+
+
+def step(n: int) -> StepRecord:
+    return StepRecord(
+        step=n, type=StepType.ACTION, started_at=utcnow(), duration_ms=1, input_tokens=10
+    )
+
+
+async def claim(db: Database, worker: str, limit: int = 1) -> list[Execution]:
+    async with db.begin() as conn:
+        return await jobs.claim(
+            conn,
+            worker_id=worker,
+            limit=limit,
+            lease_s=30,
+            now=utcnow(),
+            is_postgres=not db.is_sqlite,
+        )
+
+
+async def expire_and_reap(db: Database) -> tuple[list[str], list[str]]:
+    async with db.begin() as conn:
+        return await jobs.reap(conn, now=utcnow() + timedelta(seconds=60))
+
+
+async def test_stale_worker_is_fenced_out(db: Database) -> None:
+    ex = new_execution()
+    async with db.begin() as conn:
+        await repos.insert_execution(conn, ex)
+    (a,) = await claim(db, "worker-a")
+    async with db.begin() as conn:
+        await jobs.record_step(conn, a, step(1), lease_s=30, now=utcnow())
+    requeued, failed = await expire_and_reap(db)  # worker A looks dead
+    assert requeued == [ex.id] and failed == []
+    (b,) = await claim(db, "worker-b")
+    assert (a.attempt, b.attempt) == (1, 2)
+    # A wakes up and tries to write: every write is rejected
+    with pytest.raises(LeaseLost):
+        async with db.begin() as conn:
+            await jobs.record_step(conn, a, step(2), lease_s=30, now=utcnow())
+    with pytest.raises(LeaseLost):
+        async with db.begin() as conn:
+            await jobs.finish(
+                conn, a, RunOutcome(ExecutionStatus.COMPLETED, result="stale"), now=utcnow()
+            )
+    async with db.begin() as conn:
+        assert not await jobs.heartbeat(conn, a.id, a.attempt, lease_s=30, now=utcnow())
+        await jobs.record_step(conn, b, step(1), lease_s=30, now=utcnow())
+        await jobs.finish(
+            conn, b, RunOutcome(ExecutionStatus.COMPLETED, result="fresh"), now=utcnow()
+        )
+    async with db.connect() as conn:
+        final = await repos.get_execution(conn, TENANT, ex.id)
+        all_steps = await repos.list_steps(conn, TENANT, ex.id)
+    assert final is not None
+    assert final.status is ExecutionStatus.COMPLETED and final.result == "fresh"
+    assert [(s.attempt, s.step) for s in final.steps] == [(2, 1)]
+    assert [(s.attempt, s.step) for s in all_steps] == [(1, 1), (2, 1)]  # the dead attempt is kept
+    assert final.input_tokens == 20
+
+
+async def test_reaper_fails_after_max_attempts(db: Database) -> None:
+    ex = new_execution(max_attempts=1)
+    async with db.begin() as conn:
+        await repos.insert_execution(conn, ex)
+    await claim(db, "worker-a")
+    requeued, failed = await expire_and_reap(db)
+    assert requeued == [] and failed == [ex.id]
+    async with db.connect() as conn:
+        final = await repos.get_execution(conn, TENANT, ex.id)
+    assert final is not None and final.status is ExecutionStatus.FAILED
+    assert final.error_code == "worker_lost" and "no attempts are left" in (final.error or "")
+
+
+async def test_concurrent_claims_take_each_execution_once(db: Database) -> None:
+    ids = []
+    async with db.begin() as conn:
+        for _ in range(40):
+            ex = new_execution()
+            ids.append(ex.id)
+            await repos.insert_execution(conn, ex)
+    results = await asyncio.gather(*(claim(db, f"w{i}", limit=3) for i in range(20)))
+    claimed = [ex.id for batch in results for ex in batch]
+    while more := await claim(db, "late", limit=10):
+        claimed += [ex.id for ex in more]
+    assert sorted(claimed) == sorted(ids)  # every one, none twice
+
+
+async def test_tenant_filter_hides_other_tenants(db: Database) -> None:
+    ex = new_execution()
+    async with db.begin() as conn:
+        await repos.insert_execution(conn, ex)
+    async with db.connect() as conn:
+        assert await repos.get_execution(conn, "someone-else", ex.id) is None
+        assert (await repos.list_executions(conn, "someone-else", status=None, limit=10, offset=0))[
+            1
+        ] == 0

@@ -1,0 +1,158 @@
+"""Our smolagents models against the fake provider, through the official SDKs."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from smolagents.models import ChatMessage, MessageRole
+
+from agent_platform.config import Settings
+from agent_platform.errors import ProviderError, ProviderNotConfigured
+from agent_platform.runtime.providers import (
+    Interrupted,
+    Providers,
+    RetryPolicy,
+    split_model_name,
+    to_anthropic_messages,
+)
+from tests.fakes.llm_server import FakeLLMServer, Text
+
+
+def msg(role: MessageRole, text: str) -> ChatMessage:
+    return ChatMessage(role=role, content=[{"type": "text", "text": text}])
+
+
+def settings(llm: FakeLLMServer, **kw: object) -> Settings:
+    base: dict[str, object] = {
+        "anthropic_api_key": "test",
+        "anthropic_base_url": llm.base_url,
+        "openai_base_url": llm.openai_base_url,
+        "allowed_models": "gpt-fake-1",
+    }
+    base.update(kw)
+    return Settings(_env_file=None, **base)  # type: ignore[arg-type]
+
+
+def conversation(kw: str) -> list[ChatMessage]:
+    return [
+        msg(MessageRole.SYSTEM, "You are helpful."),
+        msg(MessageRole.USER, f"{kw} task"),
+        msg(MessageRole.ASSISTANT, "Thought: x"),
+        msg(MessageRole.TOOL_CALL, "Calling tools: [...]"),
+        msg(MessageRole.TOOL_RESPONSE, "Observation: 1"),
+    ]
+
+
+def test_anthropic_roles_system_merge_and_no_prefill() -> None:
+    system, turns = to_anthropic_messages(
+        [
+            {"role": MessageRole.SYSTEM, "content": "sys"},
+            {"role": MessageRole.ASSISTANT, "content": "a"},
+            {"role": MessageRole.ASSISTANT, "content": "b"},
+        ]
+    )
+    assert system == "sys"
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"]  # never ends on assistant
+    assert turns[1]["content"] == "a\nb"
+
+
+def test_anthropic_call_usage_and_stop_sequences(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(
+        kw, [Text("Thought: go\n<code>\nprint(1)\n</code>\nObservation: leaked", thinking="hmm")]
+    )
+    model = Providers(settings(llm)).build("claude-sonnet-5-5", threading.Event())
+    out = model.generate(conversation(kw), stop_sequences=["Observation:", "</code>"])
+    assert out.content == "Thought: go\n<code>\nprint(1)\n"  # thinking block ignored, cut at stop
+    assert out.token_usage is not None and out.token_usage.input_tokens > 0
+    request = llm.requests[-1].body
+    assert request["system"] == "You are helpful."
+    assert request["messages"][-1]["role"] == "user"
+    assert "temperature" not in request and "thinking" not in request
+
+
+def test_adaptive_thinking_when_enabled(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("ok")])
+    model = Providers(settings(llm, anthropic_thinking_effort="high")).build(
+        "claude-sonnet-5-5", threading.Event()
+    )
+    assert model.generate(conversation(kw)).content == "ok"
+    body = llm.requests[-1].body
+    assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": "high"}
+
+
+def test_retryable_errors_are_retried_then_succeed(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("fine", fail_first=[529, 500, 429], retry_after=0.01)])
+    providers = Providers(settings(llm, max_retries=3))
+    model = providers.build("claude-sonnet-5-5", threading.Event())
+    model.retry_policy = RetryPolicy(max_retries=3, base_s=0.01, cap_s=0.05)
+    assert model.generate(conversation(kw)).content == "fine"
+    assert model.take_retries() == 3 and model.take_retries() == 0
+    assert llm.calls(kw) == 4
+
+
+def test_retries_exhausted_raise_with_reason(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("never", fail_first=[529, 529, 529])])
+    model = Providers(settings(llm, max_retries=1)).build("claude-sonnet-5-5", threading.Event())
+    model.retry_policy = RetryPolicy(max_retries=1, base_s=0.01, cap_s=0.02)
+    with pytest.raises(ProviderError) as info:
+        model.generate(conversation(kw))
+    assert info.value.status == 529 and "529" in info.value.message
+    assert llm.calls(kw) == 2
+
+
+def test_auth_error_is_not_retried(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("x")])
+    model = Providers(settings(llm, anthropic_api_key="bad-key")).build(
+        "claude-sonnet-5-5", threading.Event()
+    )
+    with pytest.raises(ProviderError) as info:
+        model.generate(conversation(kw))
+    assert info.value.status == 401 and not info.value.retryable
+    assert llm.calls(kw) == 1
+
+
+def test_stop_interrupts_a_backoff_sleep(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("x", fail_first=[529] * 5, retry_after=30)])
+    stop = threading.Event()
+    model = Providers(settings(llm)).build("claude-sonnet-5-5", stop)
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        model.generate(conversation(kw))
+    assert time.monotonic() - started < 5
+
+
+def test_openai_compatible_endpoint(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("from openai")])
+    model = Providers(settings(llm)).build("gpt-fake-1", threading.Event())
+    out = model.generate(conversation(kw))
+    assert out.content == "from openai" and out.token_usage is not None
+    assert llm.requests[-1].protocol == "openai"
+
+
+def test_routing_and_configuration_errors(llm: FakeLLMServer) -> None:
+    assert split_model_name("claude-x") == ("anthropic", "claude-x")
+    assert split_model_name("openai/claude-x") == ("openai", "claude-x")
+    assert split_model_name("llama3.2") == ("openai", "llama3.2")
+    only_anthropic = Providers(settings(llm, openai_base_url=None))
+    with pytest.raises(ProviderNotConfigured, match="OPENAI_BASE_URL"):
+        only_anthropic.check("llama3.2")
+    nothing = Providers(Settings(_env_file=None))  # type: ignore[call-arg]
+    with pytest.raises(ProviderNotConfigured, match="ANTHROPIC_API_KEY"):
+        nothing.check("claude-sonnet-5-5")
+    assert "no LLM provider" in nothing.startup_warnings()[0]
+
+
+def test_deprecated_model_is_announced_at_startup(llm: FakeLLMServer) -> None:
+    notes = Providers(settings(llm, default_model="claude-sonnet-4-5")).startup_warnings()
+    assert any("claude-sonnet-4-5" in n and "2026" in n for n in notes)
