@@ -21,8 +21,8 @@ run: $(VENV)/.installed
 	$(BIN)/agent-platform serve
 
 test: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/pytest
 
 bench: $(VENV)/.test-installed
