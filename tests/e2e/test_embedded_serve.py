@@ -1,0 +1,95 @@
+"""`agent-platform serve` as a newcomer runs it: one process, SQLite, no Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.procs import BIN, free_port
+from tests.fakes.llm_server import FakeLLMServer, Text, code, final
+
+
+@pytest.fixture
+def served(llm: FakeLLMServer, tmp_path: Path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "ANTHROPIC_API_KEY": "test",
+        "ANTHROPIC_BASE_URL": llm.base_url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "API_PORT": str(port),
+        "POLL_INTERVAL_S": "0.5",
+    }
+    proc = subprocess.Popen(
+        [str(BIN), "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url, proc, tmp_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_serve_announces_itself_and_answers_the_seed_examples(served) -> None:  # type: ignore[no-untyped-def]
+    url, proc, home = served
+    with httpx.Client(base_url=url, timeout=60) as http:
+        health = http.get("/health").json()
+        assert health["mode"] == "embedded" and health["redis"].startswith("not configured")
+        body = http.post(
+            "/api/v1/agent/execute", json={"task": "What is 2 + 2? Just give me the number."}
+        ).json()
+        assert body["status"] == "completed" and body["result"] == "4" and len(body["steps"]) == 3
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=15)
+    text = out.decode()
+    assert f"listening on {url}" in text and "open to loopback only" in text
+    assert "New task" not in text and "Step 1" not in text  # smolagents prints nothing
+    assert (home / "data" / "agent_platform.db").exists()
+
+
+def test_client_disconnect_does_not_stop_the_execution(served, llm: FakeLLMServer) -> None:  # type: ignore[no-untyped-def]
+    url, _, _ = served
+    kw = f"gone-{uuid.uuid4().hex[:8]}"
+    llm.script(kw, [Text(code("print(1)").text, delay_ms=1500), final("'finished anyway'")])
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/api/v1/agent/execute", json={"task": kw, "tools": []}, timeout=0.5)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            page = http.get("/api/v1/agent/executions?status=completed").json()
+            if page["total"]:
+                break
+            time.sleep(0.2)
+    assert page["executions"][0]["result"] == "finished anyway"
+    assert llm.calls(kw) == 2
+
+
+def test_serve_refuses_a_public_address_without_override(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN), "serve", "--host", "0.0.0.0"],
+        env={"PATH": os.environ["PATH"], "DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr
