@@ -44,6 +44,7 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     LEASE_LOST = "lease_lost"
+    DRAIN = "drain"
 
 
 def utcnow() -> datetime:
@@ -68,6 +69,7 @@ class StepRecord:
     output_tokens: int = 0
     retries: int = 0
     final_answer: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,25 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 BIN = Path(sys.executable).parent / "agent-platform"
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float = 30, interval_s: float = 0.1) -> T:
+    """Poll until `predicate` returns something truthy; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def free_port() -> int:
@@ -31,10 +45,12 @@ class Processes:
         self.api_url = ""
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [str(BIN), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        path = self.log_dir / f"{name}-{len(self.procs)}.log"
+        with open(path, "wb") as log:
+            proc = subprocess.Popen(
+                [str(BIN), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        proc.log_path = path  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
 
@@ -52,8 +68,13 @@ class Processes:
             time.sleep(0.1)
         raise RuntimeError("api did not become ready:\n" + self.logs())
 
-    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
-        return self._spawn("worker", "worker", *extra)
+    def start_worker(self, *extra: str, ready: bool = False) -> subprocess.Popen[bytes]:
+        """With `ready`, wait until the worker announced it serves (it logs at INFO)."""
+        proc = self._spawn("worker", "worker", *extra)
+        if ready:
+            path: Path = proc.log_path  # type: ignore[attr-defined]
+            wait_for(lambda: b"started" in path.read_bytes(), timeout_s=30, interval_s=0.05)
+        return proc
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
 
+RESULT_PREVIEW_CHARS = 2_000
+
 
 class ExecuteRequest(BaseModel):
     model_config = ConfigDict(
@@ -44,9 +46,16 @@ class UsageOut(BaseModel):
 class ToolCallOut(BaseModel):
     name: str
     arguments: dict[str, Any]
-    result: Any = None
+    result: Any = Field(None, description=f"The result (text cut at {RESULT_PREVIEW_CHARS}).")
     error: str | None = None
     duration_ms: int | None = None
+
+    @classmethod
+    def of(cls, call: dict[str, Any]) -> ToolCallOut:
+        result = call.get("result")
+        if isinstance(result, str) and len(result) > RESULT_PREVIEW_CHARS:
+            result = result[:RESULT_PREVIEW_CHARS] + "…"
+        return cls(**{**call, "result": result})
 
 
 class StepOut(BaseModel):
@@ -60,6 +69,7 @@ class StepOut(BaseModel):
     tool_calls: list[ToolCallOut] = []
     error: str | None = None
     final_answer: str | None = None
+    note: str | None = Field(None, description="e.g. how a resumed execution was restored")
     usage: UsageOut
     retries: int = 0
     attempt: int
@@ -77,9 +87,10 @@ class StepOut(BaseModel):
             thought=s.thought,
             model_output=s.model_output,
             code=s.code,
-            tool_calls=[ToolCallOut(**c) for c in s.tool_calls],
+            tool_calls=[ToolCallOut.of(c) for c in s.tool_calls],
             error=s.error,
             final_answer=s.final_answer,
+            note=s.note,
             usage=UsageOut(
                 input_tokens=s.input_tokens,
                 output_tokens=s.output_tokens,
@@ -109,6 +120,9 @@ class ExecutionOut(BaseModel):
     max_steps: int
     metadata: dict[str, Any]
     attempt: int
+    resumed_steps: int = Field(
+        0, description="Steps completed by earlier attempts and reused, not redone."
+    )
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -134,6 +148,7 @@ class ExecutionOut(BaseModel):
             max_steps=ex.max_steps,
             metadata=ex.metadata,
             attempt=ex.attempt,
+            resumed_steps=sum(1 for s in ex.steps if s.attempt < ex.attempt),
             created_at=ex.created_at,
             started_at=ex.started_at,
             completed_at=ex.completed_at,

@@ -167,3 +167,15 @@ async def reap(conn: AsyncConnection, *, now: datetime) -> tuple[list[str], list
         .returning(executions.c.id)
     )
     return [str(r[0]) for r in requeued], failed_ids
+
+
+async def release(conn: AsyncConnection, execution: Execution, *, now: datetime) -> bool:
+    """Give the execution back to the queue (graceful drain), fenced by attempt.
+
+    The next claim bumps `attempt` and resumes after the steps recorded so far."""
+    result = await conn.execute(
+        update(executions)
+        .where(_fenced(execution.id, execution.attempt))
+        .values(status=QUEUED, worker_id=None, lease_until=None, updated_at=now)
+    )
+    return result.rowcount == 1

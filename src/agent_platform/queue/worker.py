@@ -25,13 +25,15 @@ from agent_platform.domain import (
     RunOutcome,
     StepRecord,
     StopReason,
+    StoredStep,
     execution_channel,
     utcnow,
 )
 from agent_platform.errors import LeaseLost, ServiceUnavailable
 from agent_platform.events import EventBus
 from agent_platform.queue import jobs
-from agent_platform.runtime.agent import AgentJob, AgentRunner, StopSignal
+from agent_platform.runtime.agent import AgentJob, AgentRunner, Drained, StopSignal
+from agent_platform.store import repos
 from agent_platform.store.db import Database
 from agent_platform.tools.base import TenantContext
 
@@ -62,6 +64,8 @@ class Worker:
         self.concurrency = concurrency or settings.worker_concurrency
         self.worker_id = worker_id or new_worker_id()
         self.active: dict[str, asyncio.Task[None]] = {}
+        self._signals: dict[str, StopSignal] = {}
+        self._claimed: dict[str, Execution] = {}
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="agent")
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -79,11 +83,19 @@ class Worker:
                     await listener
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        """Stop claiming; let running executions finish for up to `grace_s`."""
+        """Drain: stop claiming; each running execution finishes its current step (up to
+        `grace_s`), records it and goes back to the queue, where another worker resumes it."""
         self._stopping.set()
         self._wake.set()
+        for signal in self._signals.values():
+            signal.set(StopReason.DRAIN)
         if self.active:
             await asyncio.wait(list(self.active.values()), timeout=grace_s)
+        for execution_id in list(self.active):  # a step outlived the grace period
+            execution = self._claimed.get(execution_id)
+            if execution is not None:
+                with contextlib.suppress(Exception):
+                    await self._release(execution)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def _listen(self, wakeups: asyncio.Queue[dict[str, object]]) -> None:
@@ -141,11 +153,16 @@ class Worker:
 
     def _done(self, execution_id: str) -> None:
         self.active.pop(execution_id, None)
+        self._signals.pop(execution_id, None)
+        self._claimed.pop(execution_id, None)
         self._wake.set()
 
     async def _execute(self, execution: Execution) -> None:
         loop = asyncio.get_running_loop()
-        stop = StopSignal()
+        stop = self._signals[execution.id] = StopSignal()
+        self._claimed[execution.id] = execution
+        if self._stopping.is_set():
+            stop.set(StopReason.DRAIN)
         started = execution.started_at or utcnow()
         remaining_s = execution.timeout_s - (utcnow() - started).total_seconds()
         timer = loop.call_later(max(0.0, remaining_s), stop.set, StopReason.TIMEOUT)
@@ -156,7 +173,13 @@ class Worker:
             future = asyncio.run_coroutine_threadsafe(self._record(execution, step), loop)
             future.result()
 
+        history: list[StoredStep] = []
+        if execution.attempt > 1:  # rescued: resume after the steps already recorded
+            async with self.db.connect() as conn:
+                stored = await repos.list_steps(conn, execution.tenant_id, execution.id)
+            history = repos.effective_steps(stored)
         job = AgentJob(
+            history=tuple(history),
             execution_id=execution.id,
             tenant=self.tenant,
             task=execution.task,
@@ -171,6 +194,8 @@ class Worker:
             await self._finish(execution, outcome)
         except LeaseLost:
             log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
+        except Drained:
+            await self._release(execution)
         except Exception:
             log.exception("execution %s crashed the worker loop", execution.id)
             with contextlib.suppress(Exception):
@@ -208,6 +233,13 @@ class Worker:
         async with self.db.begin() as conn:
             await jobs.finish(conn, execution, outcome, now=utcnow())
         await self.bus.publish(execution_channel(execution.id), {"status": outcome.status.value})
+
+    async def _release(self, execution: Execution) -> None:
+        async with self.db.begin() as conn:
+            released = await jobs.release(conn, execution, now=utcnow())
+        if released:
+            log.info("execution %s released for another worker to resume", execution.id)
+            await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
 
     async def _heartbeat(self, execution: Execution, stop: StopSignal) -> None:
         interval = self.settings.lease_s / 3

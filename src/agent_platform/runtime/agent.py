@@ -29,10 +29,17 @@ from agent_platform.domain import (
     StepRecord,
     StepType,
     StopReason,
+    StoredStep,
 )
 from agent_platform.errors import LeaseLost, ProviderError
 from agent_platform.runtime.broker import ToolBroker
 from agent_platform.runtime.providers import Interrupted, PlatformModel, Providers
+from agent_platform.runtime.resume import (
+    action_history,
+    final_answer_of,
+    rebuild_memory,
+    replay,
+)
 from agent_platform.tools.base import TenantContext, ToolContext
 from agent_platform.tools.registry import ToolRegistry
 
@@ -73,6 +80,11 @@ class AgentJob:
     tools: list[str]
     model: str
     max_steps: int
+    history: tuple[StoredStep, ...] = ()  # steps completed by earlier attempts (resume)
+
+
+class Drained(Exception):
+    """The worker is shutting down; the execution goes back to the queue to be resumed."""
 
 
 @lru_cache(maxsize=1)
@@ -120,6 +132,9 @@ class AgentRunner:
         self, job: AgentJob, on_step: StepSink, stop: StopSignal, *, deadline: float | None = None
     ) -> RunOutcome:
         """Run to the end; `on_step` is called (in this thread) once per finished step."""
+        history = list(job.history)
+        if (answer := final_answer_of(history)) is not None:
+            return _completed(answer, history)
         model = self.providers.build(job.model, stop.event)
         model.deadline = deadline
         broker = ToolBroker(
@@ -127,14 +142,13 @@ class AgentRunner:
             job.tools,
             ToolContext(tenant=job.tenant, execution_id=job.execution_id),
         )
-        executor = self.executor_factory(job.execution_id)
         recorder = _StepRecorder(on_step, model, broker, stop)
         agent = PlatformCodeAgent(
             tools=broker.proxies(),
             model=model,
             prompt_templates=_prompt_templates(),
             additional_authorized_imports=AUTHORIZED_IMPORTS,
-            executor=executor,
+            executor=self.executor_factory(job.execution_id),
             max_steps=job.max_steps,
             verbosity_level=LogLevel.OFF,
             step_callbacks={
@@ -144,21 +158,67 @@ class AgentRunner:
             },
         )
         try:
-            answer = agent.run(job.task)
-        except LeaseLost:
+            if history:
+                self._restore(agent, broker, recorder, history, job.execution_id)
+            # `run` treats max_steps=0 as "default", so the agent's own budget is lowered too
+            agent.max_steps = max(0, job.max_steps - len(action_history(history)))
+            run = agent.run(job.task, stream=True, max_steps=agent.max_steps)
+            agent.memory.steps.extend(rebuild_memory(history))  # after run() reset the memory
+            final = None
+            for event in run:
+                if isinstance(event, FinalAnswerStep):
+                    final = event.output
+        except (LeaseLost, Drained):
             raise
         except BaseException as exc:  # classify by cause, in one place
             return _outcome_for_error(exc, stop)
         finally:
-            close = getattr(executor, "close", None) or getattr(executor, "cleanup", None)
-            if close is not None:
-                close()
+            _close(agent.python_executor)
         stop_reason = StopReason.MAX_STEPS if recorder.hit_max_steps else StopReason.FINAL_ANSWER
         return RunOutcome(
             status=ExecutionStatus.COMPLETED,
-            result=_as_text(answer),
+            result=_as_text(final),
             stop_reason=stop_reason,
         )
+
+    def _restore(
+        self,
+        agent: PlatformCodeAgent,
+        broker: ToolBroker,
+        recorder: _StepRecorder,
+        history: list[StoredStep],
+        execution_id: str,
+    ) -> None:
+        """Replay the interpreter state; on divergence continue with a fresh executor."""
+        recorder.last_step = history[-1].step
+        agent.python_executor.send_tools({**agent.tools})
+        report = replay(agent.python_executor, history, broker.replay)
+        broker.replay.divergence = None
+        recorder.note = report.note
+        if report.diverged_at is not None:
+            _close(agent.python_executor)
+            agent.python_executor = self.executor_factory(execution_id)
+            actions = action_history(history)
+            if actions:  # tell the model where it will read it: after its last observation
+                actions[-1].observation = (actions[-1].observation or "") + (
+                    "\n\nNote: this execution moved to another worker and the Python variables "
+                    "of the earlier steps could not be restored. Recompute what you need."
+                )
+
+
+def _close(executor: Any) -> None:
+    close = getattr(executor, "close", None) or getattr(executor, "cleanup", None)
+    if close is not None:
+        close()
+
+
+def _completed(answer: str, history: list[StoredStep]) -> RunOutcome:
+    hit_max = any(s.error and "max steps" in s.error.lower() for s in history)
+    return RunOutcome(
+        status=ExecutionStatus.COMPLETED,
+        result=answer,
+        stop_reason=StopReason.MAX_STEPS if hit_max else StopReason.FINAL_ANSWER,
+    )
 
 
 def _local_executor(_execution_id: str) -> PythonExecutor:
@@ -177,6 +237,8 @@ def _outcome_for_error(exc: BaseException, stop: StopSignal) -> RunOutcome:
     if stop.is_set() or isinstance(cause, (Interrupted, ExecutionStopped)):
         if stop.reason in (None, StopReason.LEASE_LOST):
             raise LeaseLost(str(exc)) from exc
+        if stop.reason is StopReason.DRAIN:
+            raise Drained(str(exc)) from exc
         if stop.reason is StopReason.TIMEOUT:
             return RunOutcome(
                 status=ExecutionStatus.TIMED_OUT,
@@ -219,12 +281,17 @@ class _StepRecorder:
         self.stop = stop
         self.last_step = 0
         self.hit_max_steps = False
+        self.note: str | None = None  # attached to the next recorded step
 
     def __call__(self, memory_step: Any, **_: Any) -> None:
         record = self._convert(memory_step)
         if record is not None:
+            record.note, self.note = self.note, None
             self.sink(record)
-        if self.stop.is_set() and not isinstance(memory_step, FinalAnswerStep):
+        finishing = isinstance(memory_step, FinalAnswerStep) or getattr(
+            memory_step, "is_final_answer", False
+        )  # the final answer is one instant away: record it rather than stop before it
+        if self.stop.is_set() and not finishing:
             raise ExecutionStopped(str(self.stop.reason))
 
     def _convert(self, memory_step: Any) -> StepRecord | None:

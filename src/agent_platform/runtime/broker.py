@@ -7,16 +7,16 @@ cap, runs the platform tool with the execution's context and records the call fo
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
 
 from smolagents.tools import Tool
 
+from agent_platform.runtime.resume import ReplayTools
 from agent_platform.tools.base import ToolContext, ToolFailure
 from agent_platform.tools.registry import ToolRegistry
-
-PREVIEW_CHARS = 2_000
 
 
 class ToolCallRefused(Exception):
@@ -39,6 +39,7 @@ class ToolBroker:
         self.max_calls = max_calls
         self.max_result_chars = max_result_chars
         self.calls_made = 0
+        self.replay = ReplayTools()
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -53,6 +54,8 @@ class ToolBroker:
             self.calls_made += 1
         tool = self.registry.get(name)
         arguments = dict(zip(tool.inputs, args, strict=False)) | kwargs
+        if self.replay.active:  # resuming: answer from the record, never call again
+            return self.replay.answer(name, arguments)
         started = time.perf_counter()
         error: str | None = None
         try:
@@ -64,7 +67,7 @@ class ToolBroker:
         record = {
             "name": name,
             "arguments": arguments,
-            "result": _preview(result),
+            "result": _recordable(result),
             "error": error,
             "duration_ms": int((time.perf_counter() - started) * 1000),
         }
@@ -83,13 +86,17 @@ class ToolBroker:
         return [_proxy(self, self.registry.get(name)) for name in self.enabled]
 
 
-def _preview(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > PREVIEW_CHARS:
-        return value[:PREVIEW_CHARS] + "…"
-    if isinstance(value, (int, float, bool)) or value is None:
+def _recordable(value: Any) -> Any:
+    """Tool results are stored whole (a resumed execution replays them), as JSON values."""
+    if value is None or isinstance(value, str | int | float | bool):
         return value
-    text = value if isinstance(value, str) else repr(value)
-    return text[:PREVIEW_CHARS]
+    if isinstance(value, list | dict):
+        try:
+            json.dumps(value)
+            return value
+        except (TypeError, ValueError):
+            pass
+    return repr(value)
 
 
 def _proxy(broker: ToolBroker, spec: Any) -> Tool:

@@ -69,6 +69,7 @@ def step_from_row(row: Any) -> StoredStep:
         output_tokens=m["output_tokens"],
         retries=m["retries"],
         final_answer=m["final_answer"],
+        note=m["note"],
         attempt=m["attempt"],
     )
 
@@ -117,8 +118,21 @@ async def get_execution(
         return None
     ex = execution_from_row(row)
     if with_steps and ex.attempt > 0:
-        ex.steps = await list_steps(conn, tenant_id, ex.id, attempt=ex.attempt)
+        ex.steps = effective_steps(await list_steps(conn, tenant_id, ex.id))
     return ex
+
+
+def effective_steps(stored: list[StoredStep]) -> list[StoredStep]:
+    """The execution's history: for each step number, the newest attempt's version.
+
+    A resumed attempt continues after the steps its predecessors completed, so this is
+    those steps followed by its own; steps an abandoned attempt redid stay in the table."""
+    latest: dict[int, StoredStep] = {}
+    for step in stored:
+        kept = latest.get(step.step)
+        if kept is None or step.attempt > kept.attempt:
+            latest[step.step] = step
+    return [latest[n] for n in sorted(latest)]
 
 
 async def get_status(conn: AsyncConnection, tenant_id: str, execution_id: str) -> str | None:
@@ -168,7 +182,7 @@ async def list_executions(
 
 
 async def steps_for(conn: AsyncConnection, tenant_id: str, items: list[Execution]) -> None:
-    """Attach each execution's latest-attempt steps in one query (list endpoint)."""
+    """Attach each execution's effective steps in one query (list endpoint)."""
     wanted = {ex.id: ex for ex in items if ex.attempt > 0}
     if not wanted:
         return
@@ -178,6 +192,6 @@ async def steps_for(conn: AsyncConnection, tenant_id: str, items: list[Execution
         .order_by(steps.c.execution_id, steps.c.attempt, steps.c.step)
     )
     for row in rows:
-        ex = wanted[str(row._mapping["execution_id"])]
-        if row._mapping["attempt"] == ex.attempt:
-            ex.steps.append(step_from_row(row))
+        wanted[str(row._mapping["execution_id"])].steps.append(step_from_row(row))
+    for ex in wanted.values():
+        ex.steps = effective_steps(ex.steps)

@@ -99,6 +99,7 @@ steps = Table(
     Column("tool_calls", JSON, nullable=False),
     Column("error", Text),
     Column("final_answer", Text),
+    Column("note", Text),
     Column("input_tokens", Integer, nullable=False),
     Column("output_tokens", Integer, nullable=False),
     Column("retries", Integer, nullable=False),
