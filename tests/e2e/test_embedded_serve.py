@@ -93,3 +93,69 @@ def test_serve_refuses_a_public_address_without_override(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0" in result.stderr
+
+
+def test_restart_of_embedded_serve_resumes_on_sqlite(llm: FakeLLMServer, tmp_path: Path) -> None:
+    """SIGTERM drains the in-process worker; the next `serve` resumes from the SQLite file."""
+    kw = f"sqlite-resume-{uuid.uuid4().hex[:8]}"
+    llm.script(
+        kw,
+        [
+            code("base = 20\nprint(base)"),
+            Text(code("more = base + 1\nprint(more)").text, delay_ms=1500),
+            Text(code("print(more)").text, delay_ms=1500),
+            final("more * 2"),
+        ],
+    )
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "ANTHROPIC_API_KEY": "test",
+        "ANTHROPIC_BASE_URL": llm.base_url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "API_PORT": str(port),
+        "POLL_INTERVAL_S": "0.5",
+    }
+    url = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([str(BIN), "serve"], env=env, cwd=tmp_path)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("serve did not start")
+
+    first = start()
+    try:
+        body = {"task": kw, "tools": [], "background": True}
+        execution_id = httpx.post(url + "/api/v1/agent/execute", json=body).json()["execution_id"]
+        deadline = time.monotonic() + 20
+        while llm.calls(kw) < 2 and time.monotonic() < deadline:  # step 2 is in flight
+            time.sleep(0.05)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            execution = httpx.get(f"{url}/api/v1/agent/execution/{execution_id}").json()
+            if execution["status"] == "completed":
+                break
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+    assert execution["result"] == "42"
+    assert execution["attempt"] == 2 and execution["resumed_steps"] == 2
+    counts: dict[int, int] = {}
+    for r in llm.requests:
+        if r.keyword == kw:
+            counts[r.index] = counts.get(r.index, 0) + 1
+    assert set(counts.values()) == {1}  # drained after step 2: no model call repeated
