@@ -36,7 +36,7 @@ def create_app(
         for note in platform.providers.startup_warnings():
             log.warning(note)
         if run_worker:
-            platform.start_worker_in_background()
+            await platform.start_worker_in_background()
         try:
             yield
         finally:

@@ -163,9 +163,13 @@ async def _run_worker(
     await platform.start(migrate_schema=platform.mode == "embedded")
     for note in platform.providers.startup_warnings():
         logging.getLogger("agent_platform").warning(note)
+    await platform.start_sandbox()
     worker = platform.make_worker(concurrency=concurrency)
     logging.getLogger("agent_platform").info(
-        "worker %s started (%d slots)", worker.worker_id, worker.concurrency
+        "worker %s started (%d slots, sandbox: %s)",
+        worker.worker_id,
+        worker.concurrency,
+        platform.sandbox_level,
     )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

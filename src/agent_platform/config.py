@@ -76,11 +76,34 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(2.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
 
+    # Sandbox for model-written code
+    sandbox: Literal["process", "in-process"] = Field(
+        "process",
+        description="process: a child process per execution (isolated); in-process: "
+        "smolagents' interpreter inside the worker (development only, not a boundary).",
+    )
+    sandbox_memory_mb: int = Field(512, ge=64)
+    sandbox_cpu_seconds: int = Field(60, ge=1)
+    sandbox_step_timeout_s: float = Field(60, gt=0)
+    sandbox_max_tool_calls: int = Field(100, ge=1)
+    sandbox_max_output_bytes: int = Field(65_536, ge=1024)
+    sandbox_prefork: int = Field(4, ge=0, le=64)
+
     # Tools
     allowed_private_networks: CommaList = Field(default_factory=list)
     web_fetch_timeout_s: float = Field(20, gt=0)
     web_fetch_max_bytes: int = Field(2_000_000, ge=1024)
     web_search_max_results: int = Field(10, ge=1, le=50)
+
+    # Webhooks (instance mode: the deployment's tenant defaults)
+    webhook_url: str | None = Field(
+        None, description="Default URL notified when an execution ends (per-request override)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Standard Webhooks signing secret, `whsec_<base64>`."
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=30)
+    webhook_timeout_s: float = Field(10, gt=0)
 
     # Tenant context (instance mode: injected by Omnistrate)
     tenant_id: str = "default"

@@ -11,8 +11,9 @@ from agent_platform.config import Settings
 from agent_platform.errors import ServiceUnavailable
 from agent_platform.events import EventBus, make_bus
 from agent_platform.queue.worker import Worker
-from agent_platform.runtime.agent import AgentRunner
+from agent_platform.runtime.agent import AUTHORIZED_IMPORTS, AgentRunner
 from agent_platform.runtime.providers import Providers
+from agent_platform.runtime.sandbox import SandboxLimits, SandboxPool
 from agent_platform.services.executions import ExecutionService
 from agent_platform.store import migrate
 from agent_platform.store.db import Database
@@ -20,7 +21,8 @@ from agent_platform.tools.registry import ToolRegistry, default_registry
 
 log = logging.getLogger(__name__)
 
-SANDBOX_LEVEL_IN_PROCESS = "in-process (smolagents LocalPythonExecutor)"
+SANDBOX_LEVEL_IN_PROCESS = "in-process (smolagents LocalPythonExecutor: not a boundary)"
+SANDBOX_LEVEL_REMOTE = "in the worker processes (see their logs)"
 
 
 class Platform:
@@ -41,7 +43,10 @@ class Platform:
         self.executions = ExecutionService(
             settings, self.db, self.bus, self.registry, self.providers
         )
-        self.sandbox_level = SANDBOX_LEVEL_IN_PROCESS
+        self.sandbox_level = (
+            SANDBOX_LEVEL_IN_PROCESS if settings.sandbox == "in-process" else SANDBOX_LEVEL_REMOTE
+        )
+        self.sandbox: SandboxPool | None = None
         self.worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
 
@@ -68,8 +73,37 @@ class Platform:
                 "run `agent-platform migrate` first"
             )
 
+    async def start_sandbox(self) -> None:
+        """Start the sandbox zygote (worker side); says which isolation level is active."""
+        if self.settings.sandbox == "in-process":
+            log.warning(
+                "SANDBOX=in-process: model-written code runs inside the worker process; "
+                "use it for development only"
+            )
+            return
+        s = self.settings
+        pool = SandboxPool(
+            limits=SandboxLimits(
+                memory_bytes=s.sandbox_memory_mb * 2**20,
+                cpu_seconds=s.sandbox_cpu_seconds,
+                step_timeout_s=s.sandbox_step_timeout_s,
+                max_tool_calls=s.sandbox_max_tool_calls,
+                max_output_bytes=s.sandbox_max_output_bytes,
+            ),
+            authorized_imports=AUTHORIZED_IMPORTS,
+            prefork=s.sandbox_prefork,
+        )
+        await asyncio.to_thread(pool.start)
+        self.sandbox = pool
+        self.sandbox_level = pool.isolation_level
+        log.info("sandbox isolation level: %s %s", pool.isolation_level, pool.isolation_details)
+
     def make_worker(self, *, concurrency: int | None = None) -> Worker:
-        runner = AgentRunner(self.registry, self.providers)
+        factory = None
+        if self.sandbox is not None:
+            pool = self.sandbox
+            factory = lambda execution_id: pool.spawn(execution_id=execution_id)  # noqa: E731
+        runner = AgentRunner(self.registry, self.providers, factory)
         self.worker = Worker(
             self.settings,
             self.db,
@@ -80,7 +114,8 @@ class Platform:
         )
         return self.worker
 
-    def start_worker_in_background(self) -> None:
+    async def start_worker_in_background(self) -> None:
+        await self.start_sandbox()
         worker = self.make_worker()
         self._worker_task = asyncio.create_task(worker.run(), name="embedded-worker")
 
@@ -91,5 +126,7 @@ class Platform:
             self._worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker_task
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.stop)
         await self.bus.close()
         await self.db.dispose()

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from smolagents import CodeAgent, LogLevel
 from smolagents.local_python_executor import LocalPythonExecutor, PythonExecutor
-from smolagents.memory import ActionStep, FinalAnswerStep, PlanningStep
+from smolagents.memory import ActionStep, FinalAnswerStep, PlanningStep, TaskStep
 from smolagents.utils import AgentError, AgentMaxStepsError
 
 from agent_platform.domain import (
@@ -40,6 +40,7 @@ from agent_platform.runtime.resume import (
     rebuild_memory,
     replay,
 )
+from agent_platform.runtime.sandbox import SandboxError
 from agent_platform.tools.base import TenantContext, ToolContext
 from agent_platform.tools.registry import ToolRegistry
 
@@ -53,16 +54,32 @@ ExecutorFactory = Callable[[str], PythonExecutor]
 
 
 class StopSignal:
-    """Why and when an execution must stop: timeout, cancel, or a lost lease."""
+    """Why and when an execution must stop: timeout, cancel, drain or a lost lease.
+
+    Thread-safe; hooks run once, on the first `set` (e.g. kill the sandbox, wake the loop)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.reason: StopReason | None = None
+        self._hooks: list[Callable[[StopReason], None]] = []
+        self._lock = threading.Lock()
+
+    def on_set(self, hook: Callable[[StopReason], None]) -> None:
+        with self._lock:
+            if self.reason is None:
+                self._hooks.append(hook)
+                return
+        hook(self.reason)
 
     def set(self, reason: StopReason) -> None:
-        if self.reason is None:
+        with self._lock:
+            if self.reason is not None:
+                return
             self.reason = reason
+            hooks, self._hooks = self._hooks, []
         self.event.set()
+        for hook in hooks:
+            hook(reason)
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -81,6 +98,15 @@ class AgentJob:
     model: str
     max_steps: int
     history: tuple[StoredStep, ...] = ()  # steps completed by earlier attempts (resume)
+    previous_turns: tuple[Turn, ...] = ()  # earlier executions of the same session
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An earlier task of the session and the steps that answered it."""
+
+    task: str
+    steps: tuple[StoredStep, ...]
 
 
 class Drained(Exception):
@@ -157,13 +183,18 @@ class AgentRunner:
                 FinalAnswerStep: recorder,
             },
         )
+        recorder.agent = agent
+        stop.on_set(lambda reason: _kill_code(agent, reason))
         try:
             if history:
                 self._restore(agent, broker, recorder, history, job.execution_id)
             # `run` treats max_steps=0 as "default", so the agent's own budget is lowered too
             agent.max_steps = max(0, job.max_steps - len(action_history(history)))
             run = agent.run(job.task, stream=True, max_steps=agent.max_steps)
-            agent.memory.steps.extend(rebuild_memory(history))  # after run() reset the memory
+            # run() has reset the memory to [this task]: put the session before it, the resumed
+            # steps after it
+            agent.memory.steps[:0] = _session_memory(job.previous_turns)
+            agent.memory.steps.extend(rebuild_memory(history))
             final = None
             for event in run:
                 if isinstance(event, FinalAnswerStep):
@@ -206,6 +237,21 @@ class AgentRunner:
                 )
 
 
+def _session_memory(turns: tuple[Turn, ...]) -> list[Any]:
+    memory: list[Any] = []
+    for turn in turns:
+        memory.append(TaskStep(task=turn.task))
+        memory.extend(rebuild_memory(list(turn.steps)))
+    return memory
+
+
+def _kill_code(agent: CodeAgent, reason: StopReason) -> None:
+    """Timeout and cancel end the model's code at once (a drain lets the step finish)."""
+    kill = getattr(agent.python_executor, "kill", None)
+    if kill is not None and reason is not StopReason.DRAIN:
+        kill(reason.value)
+
+
 def _close(executor: Any) -> None:
     close = getattr(executor, "close", None) or getattr(executor, "cleanup", None)
     if close is not None:
@@ -227,7 +273,9 @@ def _local_executor(_execution_id: str) -> PythonExecutor:
 
 def _root_cause(exc: BaseException) -> BaseException:
     seen = exc
-    while seen.__cause__ is not None and not isinstance(seen, (ProviderError, Interrupted)):
+    while seen.__cause__ is not None and not isinstance(
+        seen, (ProviderError, Interrupted, SandboxError)
+    ):
         seen = seen.__cause__
     return seen
 
@@ -240,17 +288,14 @@ def _outcome_for_error(exc: BaseException, stop: StopSignal) -> RunOutcome:
         if stop.reason is StopReason.DRAIN:
             raise Drained(str(exc)) from exc
         if stop.reason is StopReason.TIMEOUT:
-            return RunOutcome(
-                status=ExecutionStatus.TIMED_OUT,
-                error="the execution exceeded its time limit",
-                error_code="timeout",
-                stop_reason=StopReason.TIMEOUT,
-            )
+            return RunOutcome.timed_out()
+        return RunOutcome.cancelled()
+    if isinstance(cause, SandboxError):
         return RunOutcome(
-            status=ExecutionStatus.CANCELLED,
-            error="the execution was cancelled",
-            error_code="cancelled",
-            stop_reason=StopReason.CANCELLED,
+            status=ExecutionStatus.FAILED,
+            error=f"the sandbox running the model's code failed: {cause.reason}",
+            error_code="sandbox_error",
+            stop_reason=StopReason.ERROR,
         )
     if isinstance(cause, ProviderError):
         return RunOutcome(
@@ -282,6 +327,7 @@ class _StepRecorder:
         self.last_step = 0
         self.hit_max_steps = False
         self.note: str | None = None  # attached to the next recorded step
+        self.agent: CodeAgent | None = None
 
     def __call__(self, memory_step: Any, **_: Any) -> None:
         record = self._convert(memory_step)
@@ -293,6 +339,9 @@ class _StepRecorder:
         )  # the final answer is one instant away: record it rather than stop before it
         if self.stop.is_set() and not finishing:
             raise ExecutionStopped(str(self.stop.reason))
+        broken = getattr(self.agent and self.agent.python_executor, "terminal_error", None)
+        if broken is not None:  # the sandbox died: every further step would fail the same way
+            raise broken
 
     def _convert(self, memory_step: Any) -> StepRecord | None:
         if isinstance(memory_step, FinalAnswerStep):
