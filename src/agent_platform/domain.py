@@ -82,10 +82,29 @@ class RunOutcome:
     error_code: str | None = None
     stop_reason: StopReason | None = None
 
+    @classmethod
+    def timed_out(cls) -> RunOutcome:
+        return cls(
+            status=ExecutionStatus.TIMED_OUT,
+            error="the execution exceeded its time limit",
+            error_code="timeout",
+            stop_reason=StopReason.TIMEOUT,
+        )
+
+    @classmethod
+    def cancelled(cls) -> RunOutcome:
+        return cls(
+            status=ExecutionStatus.CANCELLED,
+            error="the execution was cancelled",
+            error_code="cancelled",
+            stop_reason=StopReason.CANCELLED,
+        )
+
 
 # Channel names live here so every adapter agrees on them. The Redis adapter prefixes them
 # with the deployment's namespace (`REDIS_NAMESPACE`), so several deployments can share Redis.
 WAKE_CHANNEL = "wake"
+CANCEL_CHANNEL = "cancel"
 
 
 def execution_channel(execution_id: str) -> str:
@@ -118,6 +137,11 @@ class Execution:
     completed_at: datetime | None = None
     worker_id: str | None = None
     lease_until: datetime | None = None
+    session_id: str | None = None
+    cancel_requested_at: datetime | None = None
+    webhook_url: str | None = None
+    webhook_steps: bool = False
+    idempotency_key: str | None = None
     steps: list[StoredStep] = field(default_factory=list)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -21,13 +21,25 @@ log = logging.getLogger(__name__)
 _KEEP_SUBSCRIBED = "bus"  # a pub/sub connection must hold a subscription to be read
 
 
+STREAM_MAXLEN = 512  # per execution; the database keeps the whole history anyway
+STREAM_TTL_S = 3600
+
+
 class EventBus(Protocol):
+    """Pub/sub channels (wake-ups, ends of executions) and bounded per-execution streams (the
+    live tail behind SSE). Everything here is a notification; the database holds the data."""
+
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
     def subscribe(
         self, channel: str
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]: ...
+    async def append(self, stream: str, message: dict[str, Any]) -> None: ...
+    async def tail(self, stream: str) -> str: ...
+    async def read(
+        self, stream: str, after_id: str, timeout_s: float
+    ) -> tuple[str, list[dict[str, Any]]]: ...
     async def ping(self) -> bool: ...
 
 
@@ -59,11 +71,59 @@ class _Fanout:
         return False
 
 
+class _MemoryStream:
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, dict[str, Any]]] = []
+        self.next_id = 1
+        self.changed = asyncio.Condition()
+
+
 class InMemoryBus:
     """The embedded-mode bus: the api and the in-process worker share this object."""
 
+    max_streams = 10_000  # oldest streams are dropped first (readers fall back to the DB)
+
     def __init__(self) -> None:
         self._fanout = _Fanout()
+        self._streams: OrderedDict[str, _MemoryStream] = OrderedDict()
+
+    def _stream(self, name: str) -> _MemoryStream:
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = _MemoryStream()
+            while len(self._streams) > self.max_streams:
+                self._streams.popitem(last=False)
+        return stream
+
+    async def append(self, stream: str, message: dict[str, Any]) -> None:
+        s = self._stream(stream)
+        async with s.changed:
+            s.entries.append((s.next_id, message))
+            s.next_id += 1
+            del s.entries[:-STREAM_MAXLEN]
+            s.changed.notify_all()
+
+    async def tail(self, stream: str) -> str:
+        s = self._streams.get(stream)
+        return str(s.next_id - 1) if s else "0"
+
+    async def read(
+        self, stream: str, after_id: str, timeout_s: float
+    ) -> tuple[str, list[dict[str, Any]]]:
+        s = self._stream(stream)
+        after = int(after_id)
+
+        def fresh() -> list[tuple[int, dict[str, Any]]]:
+            return [entry for entry in s.entries if entry[0] > after]
+
+        async with s.changed:
+            if not fresh():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(s.changed.wait_for(lambda: bool(fresh())), timeout_s)
+            found = fresh()
+        if not found:
+            return after_id, []
+        return str(found[-1][0]), [message for _, message in found]
 
     async def start(self) -> None:
         return None
@@ -95,6 +155,8 @@ class RedisBus:
         self._prefix = f"{namespace}:"
 
         self._redis = redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        # blocking reads (XREAD BLOCK) need connections without a short socket timeout
+        self._reader_redis = redis.from_url(url, socket_connect_timeout=5)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         self._fanout = _Fanout()
         self._reader: asyncio.Task[None] | None = None
@@ -113,6 +175,8 @@ class RedisBus:
             await self._pubsub.aclose()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+        with contextlib.suppress(Exception):
+            await self._reader_redis.aclose()
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         try:
@@ -134,6 +198,45 @@ class RedisBus:
                 async with self._lock:
                     with contextlib.suppress(Exception):
                         await self._pubsub.unsubscribe(self._prefix + channel)
+
+    async def append(self, stream: str, message: dict[str, Any]) -> None:
+        key = self._prefix + stream
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {"m": orjson.dumps(message)}, maxlen=STREAM_MAXLEN, approximate=True)
+                pipe.expire(key, STREAM_TTL_S)
+                await pipe.execute()
+        except Exception as exc:  # best effort: readers also poll the database
+            log.warning("redis stream append to %s failed: %s", key, exc)
+
+    async def tail(self, stream: str) -> str:
+        try:
+            last = await self._redis.xrevrange(self._prefix + stream, count=1)
+        except Exception:
+            return "0-0"
+        return _decode(last[0][0]) if last else "0-0"
+
+    async def read(
+        self, stream: str, after_id: str, timeout_s: float
+    ) -> tuple[str, list[dict[str, Any]]]:
+        key = self._prefix + stream
+        try:
+            reply = await self._reader_redis.xread(
+                {key: after_id}, count=100, block=max(1, int(timeout_s * 1000))
+            )
+        except Exception as exc:
+            log.warning("redis stream read of %s failed: %s", key, exc)
+            await asyncio.sleep(min(timeout_s, 1.0))
+            return after_id, []
+        messages: list[dict[str, Any]] = []
+        last = after_id
+        for _key, entries in reply or ():
+            for entry_id, fields in entries:
+                last = _decode(entry_id)
+                raw = fields.get(b"m") or fields.get("m")
+                if raw is not None:
+                    messages.append(orjson.loads(raw))
+        return last, messages
 
     async def ping(self) -> bool:
         try:
@@ -162,6 +265,10 @@ class RedisBus:
             except orjson.JSONDecodeError:
                 continue
             self._fanout.deliver(channel, payload)
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def make_bus(redis_url: str | None, namespace: str = "ap") -> EventBus:

@@ -23,6 +23,7 @@ async def test_health_and_tenant_info(client: httpx.AsyncClient) -> None:
     assert health["status"] == "healthy"
     assert health["database"] == "healthy"
     assert health["providers"] == ["anthropic"]
+    assert health["sandbox"] == "netns"  # a private network namespace per execution
     info = (await client.get("/api/v1/tenant/info")).json()
     assert info["tenant_id"] == "tenant-test"
     assert info["tenant_email"] == "test@example.com"

@@ -94,7 +94,10 @@ async def test_stale_worker_is_fenced_out(db: Database) -> None:
                 conn, a, RunOutcome(ExecutionStatus.COMPLETED, result="stale"), now=utcnow()
             )
     async with db.begin() as conn:
-        assert not await jobs.heartbeat(conn, a.id, a.attempt, lease_s=30, now=utcnow())
+        assert await jobs.heartbeat(conn, a.id, a.attempt, lease_s=30, now=utcnow()) == (
+            False,
+            False,
+        )
         await jobs.record_step(conn, b, step(1), lease_s=30, now=utcnow())
         await jobs.finish(
             conn, b, RunOutcome(ExecutionStatus.COMPLETED, result="fresh"), now=utcnow()

@@ -1,8 +1,9 @@
-"""The queue's SQL: claim, heartbeat, fenced step/finish writes and the reaper.
+"""The queue's SQL: claim, heartbeat, fenced step/finish writes, release and the reaper.
 
 The execution row is the job. A claim bumps `attempt`, which is the fencing token: every
 later write by a worker says `WHERE id = :id AND attempt = :attempt AND status = 'running'`,
-so a worker that lost its lease can never overwrite a newer attempt.
+so a worker that lost its lease can never overwrite a newer attempt. Every state change
+appends to the execution's event log in the same transaction (see `store/event_log.py`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -21,6 +22,8 @@ from agent_platform.domain import (
     StepRecord,
 )
 from agent_platform.errors import LeaseLost
+from agent_platform.store import event_log
+from agent_platform.store.event_log import Event, EventType
 from agent_platform.store.repos import execution_from_row
 from agent_platform.store.tables import executions, steps
 
@@ -36,6 +39,21 @@ def _fenced(execution_id: str, attempt: int) -> ColumnElement[bool]:
     )
 
 
+def _session_turn() -> ColumnElement[bool]:
+    """One execution per session at a time, in submission order: a session's queued
+    execution is claimable only when nothing of its session runs or was queued before it."""
+    other = executions.alias("other")
+    blocked = exists().where(
+        other.c.session_id == executions.c.session_id,
+        other.c.id != executions.c.id,
+        or_(
+            other.c.status == RUNNING,
+            and_(other.c.status == QUEUED, other.c.created_at < executions.c.created_at),
+        ),
+    )
+    return or_(executions.c.session_id.is_(None), ~blocked)
+
+
 async def claim(
     conn: AsyncConnection,
     *,
@@ -48,7 +66,7 @@ async def claim(
     """Atomically take up to `limit` queued executions, oldest first."""
     picked = (
         select(executions.c.id)
-        .where(executions.c.status == QUEUED)
+        .where(executions.c.status == QUEUED, _session_turn())
         .order_by(executions.c.created_at)
         .limit(limit)
     )
@@ -67,19 +85,29 @@ async def claim(
         )
         .returning(*executions.c)
     )
-    return [execution_from_row(r) for r in result]
+    claimed = [execution_from_row(r) for r in result]
+    for ex in claimed:
+        await event_log.append_status(
+            conn, ex.id, ex.tenant_id, RUNNING, now=now, attempt=ex.attempt
+        )
+    return claimed
 
 
 async def heartbeat(
     conn: AsyncConnection, execution_id: str, attempt: int, *, lease_s: float, now: datetime
-) -> bool:
-    """Extend the lease; False means this attempt was fenced out."""
-    result = await conn.execute(
-        update(executions)
-        .where(_fenced(execution_id, attempt))
-        .values(lease_until=now + timedelta(seconds=lease_s))
-    )
-    return result.rowcount == 1
+) -> tuple[bool, bool]:
+    """Extend the lease. Returns (still ours, cancel requested)."""
+    row = (
+        await conn.execute(
+            update(executions)
+            .where(_fenced(execution_id, attempt))
+            .values(lease_until=now + timedelta(seconds=lease_s))
+            .returning(executions.c.cancel_requested_at)
+        )
+    ).first()
+    if row is None:
+        return False, False
+    return True, row[0] is not None
 
 
 async def record_step(
@@ -89,7 +117,7 @@ async def record_step(
     *,
     lease_s: float,
     now: datetime,
-) -> None:
+) -> Event:
     """Store one step and add its tokens to the execution, fenced by attempt.
 
     The UPDATE runs first so the transaction takes the row's write lock before inserting
@@ -116,11 +144,19 @@ async def record_step(
             **values,
         )
     )
+    return await event_log.append(
+        conn,
+        execution.id,
+        execution.tenant_id,
+        EventType.STEP,
+        {"step": step.step, "attempt": execution.attempt},
+        now=now,
+    )
 
 
 async def finish(
     conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *, now: datetime
-) -> None:
+) -> list[Event]:
     """Write the final status and result, fenced by attempt."""
     result = await conn.execute(
         update(executions)
@@ -138,35 +174,9 @@ async def finish(
     )
     if result.rowcount != 1:
         raise LeaseLost(execution.id)
-
-
-async def reap(conn: AsyncConnection, *, now: datetime) -> tuple[list[str], list[str]]:
-    """Rescue executions whose worker stopped heartbeating.
-
-    Returns (requeued ids, failed ids): requeued while attempts remain, else failed."""
-    expired = and_(executions.c.status == RUNNING, executions.c.lease_until < now)
-    failed = await conn.execute(
-        update(executions)
-        .where(expired, executions.c.attempt >= executions.c.max_attempts)
-        .values(
-            status=ExecutionStatus.FAILED.value,
-            error="the worker running this execution stopped responding and no attempts are left",
-            error_code="worker_lost",
-            stop_reason="error",
-            completed_at=now,
-            lease_until=None,
-            updated_at=now,
-        )
-        .returning(executions.c.id)
+    return await event_log.append_status(
+        conn, execution.id, execution.tenant_id, outcome.status.value, now=now, final=True
     )
-    failed_ids = [str(r[0]) for r in failed]
-    requeued = await conn.execute(
-        update(executions)
-        .where(expired, executions.c.attempt < executions.c.max_attempts)
-        .values(status=QUEUED, worker_id=None, lease_until=None, updated_at=now)
-        .returning(executions.c.id)
-    )
-    return [str(r[0]) for r in requeued], failed_ids
 
 
 async def release(conn: AsyncConnection, execution: Execution, *, now: datetime) -> bool:
@@ -178,4 +188,50 @@ async def release(conn: AsyncConnection, execution: Execution, *, now: datetime)
         .where(_fenced(execution.id, execution.attempt))
         .values(status=QUEUED, worker_id=None, lease_until=None, updated_at=now)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    await event_log.append_status(
+        conn, execution.id, execution.tenant_id, QUEUED, now=now, reason="released"
+    )
+    return True
+
+
+async def reap(conn: AsyncConnection, *, now: datetime) -> tuple[list[str], list[str]]:
+    """Rescue executions whose worker stopped heartbeating.
+
+    Returns (requeued ids, failed ids): requeued while attempts remain, else failed."""
+    expired = and_(executions.c.status == RUNNING, executions.c.lease_until < now)
+    failed = (
+        await conn.execute(
+            update(executions)
+            .where(expired, executions.c.attempt >= executions.c.max_attempts)
+            .values(
+                status=ExecutionStatus.FAILED.value,
+                error="the worker running this execution stopped responding "
+                "and no attempts are left",
+                error_code="worker_lost",
+                stop_reason="error",
+                completed_at=now,
+                lease_until=None,
+                updated_at=now,
+            )
+            .returning(executions.c.id, executions.c.tenant_id)
+        )
+    ).all()
+    for execution_id, tenant_id in failed:
+        await event_log.append_status(
+            conn, str(execution_id), tenant_id, ExecutionStatus.FAILED.value, now=now, final=True
+        )
+    requeued = (
+        await conn.execute(
+            update(executions)
+            .where(expired, executions.c.attempt < executions.c.max_attempts)
+            .values(status=QUEUED, worker_id=None, lease_until=None, updated_at=now)
+            .returning(executions.c.id, executions.c.tenant_id)
+        )
+    ).all()
+    for execution_id, tenant_id in requeued:
+        await event_log.append_status(
+            conn, str(execution_id), tenant_id, QUEUED, now=now, reason="worker_lost"
+        )
+    return [str(r[0]) for r in requeued], [str(r[0]) for r in failed]

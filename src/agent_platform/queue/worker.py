@@ -3,7 +3,8 @@
 Several executions run at once (`WORKER_CONCURRENCY` slots); the agent loop is synchronous
 (smolagents), so each runs in a bounded thread pool created once. Leases are extended by a
 heartbeat and by every recorded step; a reaper (in every worker) requeues executions whose
-worker died. `burst=True` drains the queue and returns, for tests and one-shot jobs.
+worker died. Timeouts and cancels end an execution from here even while its thread is stuck;
+the thread's late writes are fenced out. `burst=True` drains the queue and returns.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from agent_platform.config import Settings
 from agent_platform.domain import (
+    CANCEL_CHANNEL,
     WAKE_CHANNEL,
     Execution,
     ExecutionStatus,
@@ -32,16 +35,28 @@ from agent_platform.domain import (
 from agent_platform.errors import LeaseLost, ServiceUnavailable
 from agent_platform.events import EventBus
 from agent_platform.queue import jobs
-from agent_platform.runtime.agent import AgentJob, AgentRunner, Drained, StopSignal
+from agent_platform.runtime.agent import AgentJob, AgentRunner, Drained, StopSignal, Turn
 from agent_platform.store import repos
 from agent_platform.store.db import Database
+from agent_platform.store.event_log import Event, EventType
 from agent_platform.tools.base import TenantContext
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 1.0  # after a timeout/cancel, how long the agent may take to stop by itself
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+async def notify(bus: EventBus, execution_id: str, events: list[Event]) -> None:
+    """Tell live readers (SSE streams, waiting requests) what was just committed."""
+    for event in events:
+        await bus.append(
+            execution_channel(execution_id), {"seq": event.seq, "type": event.type.value}
+        )
+        if event.type is EventType.DONE:
+            await bus.publish(execution_channel(execution_id), dict(event.data))
 
 
 class Worker:
@@ -66,21 +81,28 @@ class Worker:
         self.active: dict[str, asyncio.Task[None]] = {}
         self._signals: dict[str, StopSignal] = {}
         self._claimed: dict[str, Execution] = {}
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="agent")
+        # spare threads: an agent stuck in code it cannot leave keeps its thread for a while
+        self._threads = ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="agent")
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._last_reap = 0.0
 
     async def run(self, *, burst: bool = False) -> None:
         """Serve until `stop()`; with `burst`, return once the queue is empty and idle."""
-        async with self.bus.subscribe(WAKE_CHANNEL) as wakeups:
-            listener = asyncio.create_task(self._listen(wakeups))
+        async with (
+            self.bus.subscribe(WAKE_CHANNEL) as wakeups,
+            self.bus.subscribe(CANCEL_CHANNEL) as cancels,
+        ):
+            listeners = [
+                asyncio.create_task(self._listen(wakeups)),
+                asyncio.create_task(self._listen_cancels(cancels)),
+            ]
             try:
                 await self._loop(burst)
             finally:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+                for listener in listeners:
+                    listener.cancel()
+                await asyncio.gather(*listeners, return_exceptions=True)
 
     async def stop(self, grace_s: float = 30.0) -> None:
         """Drain: stop claiming; each running execution finishes its current step (up to
@@ -98,10 +120,17 @@ class Worker:
                     await self._release(execution)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
-    async def _listen(self, wakeups: asyncio.Queue[dict[str, object]]) -> None:
+    async def _listen(self, wakeups: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
             await wakeups.get()
             self._wake.set()
+
+    async def _listen_cancels(self, cancels: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            message = await cancels.get()
+            signal = self._signals.get(str(message.get("execution_id")))
+            if signal is not None:
+                signal.set(StopReason.CANCELLED)
 
     async def _loop(self, burst: bool) -> None:
         while not self._stopping.is_set():
@@ -161,37 +190,45 @@ class Worker:
         loop = asyncio.get_running_loop()
         stop = self._signals[execution.id] = StopSignal()
         self._claimed[execution.id] = execution
+        stopped = asyncio.Event()
+        stop.on_set(lambda _reason: loop.call_soon_threadsafe(stopped.set))
+        await self.bus.append(execution_channel(execution.id), {"type": "status"})
         if self._stopping.is_set():
             stop.set(StopReason.DRAIN)
+        if execution.cancel_requested_at is not None:
+            stop.set(StopReason.CANCELLED)
         started = execution.started_at or utcnow()
         remaining_s = execution.timeout_s - (utcnow() - started).total_seconds()
         timer = loop.call_later(max(0.0, remaining_s), stop.set, StopReason.TIMEOUT)
         heartbeat = asyncio.create_task(self._heartbeat(execution, stop))
-        await self.bus.publish(execution_channel(execution.id), {"status": "running"})
-
-        def on_step(step: StepRecord) -> None:
-            future = asyncio.run_coroutine_threadsafe(self._record(execution, step), loop)
-            future.result()
-
-        history: list[StoredStep] = []
-        if execution.attempt > 1:  # rescued: resume after the steps already recorded
-            async with self.db.connect() as conn:
-                stored = await repos.list_steps(conn, execution.tenant_id, execution.id)
-            history = repos.effective_steps(stored)
-        job = AgentJob(
-            history=tuple(history),
-            execution_id=execution.id,
-            tenant=self.tenant,
-            task=execution.task,
-            tools=execution.tools if execution.tools is not None else [],
-            model=execution.model,
-            max_steps=execution.max_steps,
-        )
         try:
-            outcome = await loop.run_in_executor(
-                self._threads, self._run_agent, job, on_step, stop, remaining_s
+            job = await self._job(execution)
+
+            def on_step(step: StepRecord) -> None:
+                future = asyncio.run_coroutine_threadsafe(self._record(execution, step), loop)
+                future.result()
+
+            run = loop.run_in_executor(
+                self._threads,
+                lambda: self.runner.run(
+                    job, on_step, stop, deadline=time.monotonic() + remaining_s
+                ),
             )
-            await self._finish(execution, outcome)
+            waiter = asyncio.ensure_future(stopped.wait())
+            await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not run.done() and stop.reason in (StopReason.TIMEOUT, StopReason.CANCELLED):
+                await asyncio.wait({run}, timeout=STOP_GRACE_S)
+                if not run.done():  # stuck in the model's code or a provider call: end it here
+                    outcome = (
+                        RunOutcome.timed_out()
+                        if stop.reason is StopReason.TIMEOUT
+                        else RunOutcome.cancelled()
+                    )
+                    run.add_done_callback(_ignore_result)
+                    await self._finish(execution, outcome)
+                    return
+            await self._finish(execution, await run)
         except LeaseLost:
             log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
         except Drained:
@@ -212,27 +249,41 @@ class Worker:
             timer.cancel()
             heartbeat.cancel()
 
-    def _run_agent(
-        self, job: AgentJob, on_step: object, stop: StopSignal, remaining_s: float
-    ) -> RunOutcome:
-        deadline = time.monotonic() + remaining_s
-        if remaining_s <= 0:
-            stop.set(StopReason.TIMEOUT)
-        return self.runner.run(job, on_step, stop, deadline=deadline)  # type: ignore[arg-type]
+    async def _job(self, execution: Execution) -> AgentJob:
+        """What the agent needs: the task, and what earlier attempts and turns left behind."""
+        history: list[StoredStep] = []
+        turns: list[Turn] = []
+        async with self.db.connect() as conn:
+            if execution.attempt > 1:  # rescued: resume after the steps already recorded
+                stored = await repos.list_steps(conn, execution.tenant_id, execution.id)
+                history = repos.effective_steps(stored)
+            if execution.session_id is not None:
+                earlier = await repos.session_turns(
+                    conn, execution.tenant_id, execution.session_id, before=execution.created_at
+                )
+                turns = [Turn(task=ex.task, steps=tuple(ex.steps)) for ex in earlier]
+        return AgentJob(
+            execution_id=execution.id,
+            tenant=self.tenant,
+            task=execution.task,
+            tools=execution.tools if execution.tools is not None else [],
+            model=execution.model,
+            max_steps=execution.max_steps,
+            history=tuple(history),
+            previous_turns=tuple(turns),
+        )
 
     async def _record(self, execution: Execution, step: StepRecord) -> None:
         async with self.db.begin() as conn:
-            await jobs.record_step(
+            event = await jobs.record_step(
                 conn, execution, step, lease_s=self.settings.lease_s, now=utcnow()
             )
-        await self.bus.publish(
-            execution_channel(execution.id), {"status": "running", "step": step.step}
-        )
+        await notify(self.bus, execution.id, [event])
 
     async def _finish(self, execution: Execution, outcome: RunOutcome) -> None:
         async with self.db.begin() as conn:
-            await jobs.finish(conn, execution, outcome, now=utcnow())
-        await self.bus.publish(execution_channel(execution.id), {"status": outcome.status.value})
+            events = await jobs.finish(conn, execution, outcome, now=utcnow())
+        await notify(self.bus, execution.id, events)
 
     async def _release(self, execution: Execution) -> None:
         async with self.db.begin() as conn:
@@ -247,7 +298,7 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 async with self.db.begin() as conn:
-                    alive = await jobs.heartbeat(
+                    alive, cancel = await jobs.heartbeat(
                         conn,
                         execution.id,
                         execution.attempt,
@@ -259,3 +310,10 @@ class Worker:
             if not alive:
                 stop.set(StopReason.LEASE_LOST)
                 return
+            if cancel:  # the database flag: the fallback when the Redis signal was lost
+                stop.set(StopReason.CANCELLED)
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(BaseException):
+        future.result()

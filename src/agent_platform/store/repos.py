@@ -49,6 +49,11 @@ def execution_from_row(row: Any) -> Execution:
         completed_at=as_utc(m["completed_at"]),
         worker_id=m["worker_id"],
         lease_until=as_utc(m["lease_until"]),
+        session_id=str(m["session_id"]) if m["session_id"] else None,
+        cancel_requested_at=as_utc(m["cancel_requested_at"]),
+        webhook_url=m["webhook_url"],
+        webhook_steps=m["webhook_steps"],
+        idempotency_key=m["idempotency_key"],
     )
 
 
@@ -100,6 +105,10 @@ async def insert_execution(conn: AsyncConnection, ex: Execution) -> None:
             output_tokens=0,
             created_at=ex.created_at,
             updated_at=ex.created_at,
+            session_id=ex.session_id,
+            webhook_url=ex.webhook_url,
+            webhook_steps=ex.webhook_steps,
+            idempotency_key=ex.idempotency_key,
         )
     )
 
@@ -195,3 +204,23 @@ async def steps_for(conn: AsyncConnection, tenant_id: str, items: list[Execution
         wanted[str(row._mapping["execution_id"])].steps.append(step_from_row(row))
     for ex in wanted.values():
         ex.steps = effective_steps(ex.steps)
+
+
+async def session_turns(
+    conn: AsyncConnection, tenant_id: str, session_id: str, *, before: datetime, limit: int = 50
+) -> list[Execution]:
+    """The session's finished executions before `before`, oldest first, with their steps."""
+    rows = await conn.execute(
+        select(executions)
+        .where(
+            executions.c.tenant_id == tenant_id,
+            executions.c.session_id == session_id,
+            executions.c.created_at < before,
+            executions.c.status.in_([s.value for s in ExecutionStatus if s.is_final]),
+        )
+        .order_by(executions.c.created_at.desc())
+        .limit(limit)
+    )
+    turns = [execution_from_row(r) for r in rows][::-1]
+    await steps_for(conn, tenant_id, turns)
+    return turns

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 
@@ -60,6 +62,13 @@ executions = Table(
     Column("started_at", TZDateTime),
     Column("completed_at", TZDateTime),
     Column("updated_at", TZDateTime, nullable=False),
+    Column("event_seq", Integer, nullable=False, server_default=text("0")),
+    Column("cancel_requested_at", TZDateTime),
+    Column("session_id", Uuid(as_uuid=False)),
+    Column("webhook_url", Text),
+    Column("webhook_steps", Boolean, nullable=False, server_default=false()),
+    Column("idempotency_key", String(255)),
+    Index("ix_executions_session_created", "session_id", "created_at"),
     # Newest-first listing per tenant, optionally by status: keyset-friendly.
     Index("ix_executions_tenant_created", "tenant_id", "created_at", "id"),
     Index("ix_executions_tenant_status_created", "tenant_id", "status", "created_at"),
@@ -106,4 +115,45 @@ steps = Table(
     Column("started_at", TZDateTime, nullable=False),
     Column("duration_ms", Integer, nullable=False),
     UniqueConstraint("execution_id", "attempt", "step"),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Uuid(as_uuid=False), primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("title", String(200)),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", TZDateTime, nullable=False),
+    Column("updated_at", TZDateTime, nullable=False),
+    Index("ix_sessions_tenant_created", "tenant_id", "created_at"),
+)
+
+# The per-execution event log behind SSE: `seq` is the event id a client resumes after.
+events = Table(
+    "events",
+    metadata,
+    Column(
+        "execution_id",
+        Uuid(as_uuid=False),
+        ForeignKey("executions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("created_at", TZDateTime, nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("execution_id", Uuid(as_uuid=False), nullable=False),
+    Column("created_at", TZDateTime, nullable=False),
+    Column("expires_at", TZDateTime, nullable=False),
+    Index("ix_idempotency_keys_expires", "expires_at"),
 )
