@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from agent_platform import __version__
-from agent_platform.api import executions, ops
+from agent_platform.api import executions, ops, sessions, webhooks
 from agent_platform.api.errors import BodySizeLimit, install_error_handlers
 from agent_platform.config import Settings
 from agent_platform.container import Platform
@@ -57,4 +57,6 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(ops.router)
     app.include_router(executions.router)
+    app.include_router(webhooks.router)
+    app.include_router(sessions.router)
     return app

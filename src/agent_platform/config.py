@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     max_request_bytes: int = Field(1_048_576, ge=1024)
+    sse_keepalive_s: float = Field(15, gt=0, description="Keep-alive comment interval.")
     sync_wait_max_s: float = Field(
         0, ge=0, description="Longest a waiting execute blocks; 0 = MAX_EXECUTION_TIME + 30 s."
     )

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 
+from agent_platform.api.schemas import ExecutionOut, StepOut
 from agent_platform.config import Settings
 from agent_platform.errors import ServiceUnavailable
 from agent_platform.events import EventBus, make_bus
@@ -15,6 +16,8 @@ from agent_platform.runtime.agent import AUTHORIZED_IMPORTS, AgentRunner
 from agent_platform.runtime.providers import Providers
 from agent_platform.runtime.sandbox import SandboxLimits, SandboxPool
 from agent_platform.services.executions import ExecutionService
+from agent_platform.services.sessions import SessionService
+from agent_platform.services.streams import ExecutionStream
 from agent_platform.store import migrate
 from agent_platform.store.db import Database
 from agent_platform.tools.registry import ToolRegistry, default_registry
@@ -42,6 +45,14 @@ class Platform:
         self.providers = Providers(settings)
         self.executions = ExecutionService(
             settings, self.db, self.bus, self.registry, self.providers
+        )
+        self.sessions = SessionService(settings, self.db, self.bus)
+        self.streams = ExecutionStream(
+            self.db,
+            self.bus,
+            render_step=lambda step: StepOut.of(step).model_dump(mode="json"),
+            render_execution=lambda ex: ExecutionOut.of(ex).model_dump(mode="json"),
+            keepalive_s=settings.sse_keepalive_s,
         )
         self.sandbox_level = (
             SANDBOX_LEVEL_IN_PROCESS if settings.sandbox == "in-process" else SANDBOX_LEVEL_REMOTE

@@ -8,6 +8,8 @@ from fastapi import Depends, Request
 
 from agent_platform.container import Platform
 from agent_platform.services.executions import ExecutionService
+from agent_platform.services.sessions import SessionService
+from agent_platform.services.streams import ExecutionStream
 from agent_platform.tools.base import TenantContext
 
 
@@ -19,6 +21,14 @@ def get_executions(request: Request) -> ExecutionService:
     return get_platform(request).executions
 
 
+def get_sessions(request: Request) -> SessionService:
+    return get_platform(request).sessions
+
+
+def get_streams(request: Request) -> ExecutionStream:
+    return get_platform(request).streams
+
+
 def get_tenant(request: Request) -> TenantContext:
     """Instance mode: the deployment's tenant, from the environment Omnistrate injects."""
     return get_platform(request).settings.tenant
@@ -27,3 +37,5 @@ def get_tenant(request: Request) -> TenantContext:
 PlatformDep = Annotated[Platform, Depends(get_platform)]
 ExecutionsDep = Annotated[ExecutionService, Depends(get_executions)]
 TenantDep = Annotated[TenantContext, Depends(get_tenant)]
+SessionsDep = Annotated[SessionService, Depends(get_sessions)]
+StreamsDep = Annotated[ExecutionStream, Depends(get_streams)]

@@ -6,7 +6,7 @@ Seed-compatible: `ExecutionOut` keeps `execution_id`, `status`, `result`, `error
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,24 @@ class ExecuteRequest(BaseModel):
     background: bool = Field(
         False, description="true: answer 202 at once and let the client poll the execution."
     )
+    stream: bool = Field(
+        False, description="true: answer `text/event-stream` with the execution's events."
+    )
+    session_id: str | None = Field(
+        None, description="Continue this session: the agent sees its earlier tasks and answers."
+    )
+    on_busy: Literal["enqueue", "reject", "interrupt"] = Field(
+        "enqueue",
+        description="When the session is busy: run after it (enqueue), 409 (reject), or cancel "
+        "what is queued or running in it first (interrupt).",
+    )
+    timeout_seconds: int | None = Field(
+        None, ge=1, description="Time limit for this execution (capped by MAX_EXECUTION_TIME)."
+    )
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="POSTed (signed) when the execution ends."
+    )
+    webhook_steps: bool = Field(False, description="Also POST an event for every step.")
 
 
 class UsageOut(BaseModel):
@@ -119,6 +137,10 @@ class ExecutionOut(BaseModel):
     tools: list[str] | None
     max_steps: int
     metadata: dict[str, Any]
+    session_id: str | None = None
+    timeout_seconds: int
+    cancel_requested: bool = False
+    webhook_url: str | None = None
     attempt: int
     resumed_steps: int = Field(
         0, description="Steps completed by earlier attempts and reused, not redone."
@@ -147,6 +169,10 @@ class ExecutionOut(BaseModel):
             tools=ex.tools,
             max_steps=ex.max_steps,
             metadata=ex.metadata,
+            session_id=ex.session_id,
+            timeout_seconds=ex.timeout_s,
+            cancel_requested=ex.cancel_requested_at is not None,
+            webhook_url=ex.webhook_url,
             attempt=ex.attempt,
             resumed_steps=sum(1 for s in ex.steps if s.attempt < ex.attempt),
             created_at=ex.created_at,
@@ -207,3 +233,28 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=200)
+    metadata: dict[str, Any] | None = None
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    executions: list[ExecutionOut] | None = Field(
+        None, description="The session's executions, oldest first (on GET of one session)."
+    )
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionOut]
+    total: int
+    limit: int
+    offset: int

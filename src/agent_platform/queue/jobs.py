@@ -20,12 +20,14 @@ from agent_platform.domain import (
     ExecutionStatus,
     RunOutcome,
     StepRecord,
+    StopReason,
 )
 from agent_platform.errors import LeaseLost
 from agent_platform.store import event_log
 from agent_platform.store.event_log import Event, EventType
 from agent_platform.store.repos import execution_from_row
 from agent_platform.store.tables import executions, steps
+from agent_platform.webhooks import outbox
 
 RUNNING = ExecutionStatus.RUNNING.value
 QUEUED = ExecutionStatus.QUEUED.value
@@ -144,6 +146,16 @@ async def record_step(
             **values,
         )
     )
+    if execution.webhook_steps and execution.webhook_url:
+        await outbox.enqueue(
+            conn,
+            tenant_id=execution.tenant_id,
+            execution_id=execution.id,
+            url=execution.webhook_url,
+            event_type=outbox.STEP_EVENT,
+            payload=outbox.step_payload(execution, step),
+            now=now,
+        )
     return await event_log.append(
         conn,
         execution.id,
@@ -174,9 +186,28 @@ async def finish(
     )
     if result.rowcount != 1:
         raise LeaseLost(execution.id)
-    return await event_log.append_status(
+    return await record_end(conn, execution, outcome, now=now)
+
+
+async def record_end(
+    conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *, now: datetime
+) -> list[Event]:
+    """What every end of an execution writes beside its row, in the same transaction: the
+    last events, and the webhook delivery (a durable outbox: it cannot be lost)."""
+    appended = await event_log.append_status(
         conn, execution.id, execution.tenant_id, outcome.status.value, now=now, final=True
     )
+    if execution.webhook_url:
+        await outbox.enqueue(
+            conn,
+            tenant_id=execution.tenant_id,
+            execution_id=execution.id,
+            url=execution.webhook_url,
+            event_type=outbox.final_event_type(outcome.status),
+            payload=outbox.final_payload(execution, outcome, now),
+            now=now,
+        )
+    return appended
 
 
 async def release(conn: AsyncConnection, execution: Execution, *, now: datetime) -> bool:
@@ -201,27 +232,31 @@ async def reap(conn: AsyncConnection, *, now: datetime) -> tuple[list[str], list
 
     Returns (requeued ids, failed ids): requeued while attempts remain, else failed."""
     expired = and_(executions.c.status == RUNNING, executions.c.lease_until < now)
-    failed = (
-        await conn.execute(
+    lost = RunOutcome(
+        status=ExecutionStatus.FAILED,
+        error="the worker running this execution stopped responding and no attempts are left",
+        error_code="worker_lost",
+        stop_reason=StopReason.ERROR,
+    )
+    failed = [
+        execution_from_row(row)
+        for row in await conn.execute(
             update(executions)
             .where(expired, executions.c.attempt >= executions.c.max_attempts)
             .values(
-                status=ExecutionStatus.FAILED.value,
-                error="the worker running this execution stopped responding "
-                "and no attempts are left",
-                error_code="worker_lost",
-                stop_reason="error",
+                status=lost.status.value,
+                error=lost.error,
+                error_code=lost.error_code,
+                stop_reason=StopReason.ERROR.value,
                 completed_at=now,
                 lease_until=None,
                 updated_at=now,
             )
-            .returning(executions.c.id, executions.c.tenant_id)
+            .returning(*executions.c)
         )
-    ).all()
-    for execution_id, tenant_id in failed:
-        await event_log.append_status(
-            conn, str(execution_id), tenant_id, ExecutionStatus.FAILED.value, now=now, final=True
-        )
+    ]
+    for execution in failed:
+        await record_end(conn, execution, lost, now=now)
     requeued = (
         await conn.execute(
             update(executions)
@@ -234,4 +269,4 @@ async def reap(conn: AsyncConnection, *, now: datetime) -> tuple[list[str], list
         await event_log.append_status(
             conn, str(execution_id), tenant_id, QUEUED, now=now, reason="worker_lost"
         )
-    return [str(r[0]) for r in requeued], [str(r[0]) for r in failed]
+    return [str(r[0]) for r in requeued], [ex.id for ex in failed]

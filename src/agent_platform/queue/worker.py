@@ -40,6 +40,7 @@ from agent_platform.store import repos
 from agent_platform.store.db import Database
 from agent_platform.store.event_log import Event, EventType
 from agent_platform.tools.base import TenantContext
+from agent_platform.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 1.0  # after a timeout/cancel, how long the agent may take to stop by itself
@@ -85,6 +86,7 @@ class Worker:
         self._threads = ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="agent")
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.webhooks = WebhookDispatcher(db, settings)
         self._last_reap = 0.0
 
     async def run(self, *, burst: bool = False) -> None:
@@ -96,6 +98,7 @@ class Worker:
             listeners = [
                 asyncio.create_task(self._listen(wakeups)),
                 asyncio.create_task(self._listen_cancels(cancels)),
+                asyncio.create_task(self.webhooks.run(self._stopping)),
             ]
             try:
                 await self._loop(burst)
@@ -284,6 +287,8 @@ class Worker:
         async with self.db.begin() as conn:
             events = await jobs.finish(conn, execution, outcome, now=utcnow())
         await notify(self.bus, execution.id, events)
+        if execution.webhook_url:
+            self.webhooks.notify()
 
     async def _release(self, execution: Execution) -> None:
         async with self.db.begin() as conn:

@@ -1,28 +1,38 @@
-"""Execution use cases: submit, wait, read, list. Called by routers, the CLI and the console."""
+"""Execution use cases: submit (wait, background, idempotent, in a session), read, list,
+cancel. Called by routers, the CLI and the console."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from agent_platform.config import Settings
 from agent_platform.domain import (
+    CANCEL_CHANNEL,
     WAKE_CHANNEL,
     Execution,
     ExecutionStatus,
+    RunOutcome,
     execution_channel,
     utcnow,
 )
-from agent_platform.errors import InvalidRequest, NotFound
+from agent_platform.errors import Conflict, InvalidRequest, NotFound
 from agent_platform.events import EventBus
+from agent_platform.queue import jobs
+from agent_platform.queue.worker import notify
 from agent_platform.runtime.providers import Providers
-from agent_platform.store import repos
+from agent_platform.store import event_log, idempotency, repos
+from agent_platform.store import sessions as session_repo
 from agent_platform.store.db import Database
+from agent_platform.store.event_log import Event, EventType
 from agent_platform.tools.registry import ToolRegistry
+
+OnBusy = Literal["enqueue", "reject", "interrupt"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,23 @@ class Submission:
     model: str | None = None
     max_steps: int | None = None
     metadata: dict[str, Any] | None = None
+    session_id: str | None = None
+    on_busy: OnBusy = "enqueue"
+    timeout_seconds: int | None = None
+    webhook_url: str | None = None
+    webhook_steps: bool = False
+
+    def fingerprint(self) -> str:
+        """What an Idempotency-Key is bound to when the caller gives nothing more precise."""
+        return hashlib.sha256(
+            json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        ).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    execution: Execution
+    replayed: bool = False  # an earlier request with the same Idempotency-Key created it
 
 
 class ExecutionService:
@@ -52,8 +79,7 @@ class ExecutionService:
     def prepare(self, tenant_id: str, sub: Submission) -> Execution:
         """Validate a submission against the settings and build its (unsaved) row."""
         s = self.settings
-        task = sub.task.strip()
-        if not task:
+        if not sub.task.strip():
             raise InvalidRequest("task must not be empty", field="task")
         if len(sub.task) > s.max_task_chars:
             raise InvalidRequest(
@@ -73,14 +99,27 @@ class ExecutionService:
             raise InvalidRequest(
                 f"max_steps must be between 1 and {s.max_steps_limit}", field="max_steps"
             )
+        timeout_s = sub.timeout_seconds or s.max_execution_time
+        if not 1 <= timeout_s <= s.max_execution_time:
+            raise InvalidRequest(
+                f"timeout_seconds must be between 1 and {s.max_execution_time}",
+                field="timeout_seconds",
+            )
         metadata = sub.metadata or {}
         if len(json.dumps(metadata, default=str)) > s.max_metadata_bytes:
             raise InvalidRequest(
                 f"metadata is too large (limit {s.max_metadata_bytes} bytes of JSON)",
                 field="metadata",
             )
+        webhook_url = sub.webhook_url or s.webhook_url
+        if webhook_url and not webhook_url.startswith(("http://", "https://")):
+            raise InvalidRequest("webhook_url must be an http(s) URL", field="webhook_url")
+        session_id = None
+        if sub.session_id is not None:
+            session_id = repos.parse_id(sub.session_id)
+            if session_id is None:
+                raise NotFound(f"session {sub.session_id!r} not found")
         self.providers.check(model)
-        now = utcnow()
         return Execution(
             id=str(uuid.uuid4()),
             tenant_id=tenant_id,
@@ -90,61 +129,167 @@ class ExecutionService:
             model=model,
             max_steps=max_steps,
             metadata=metadata,
-            created_at=now,
+            created_at=utcnow(),
             max_attempts=s.max_attempts,
-            timeout_s=s.max_execution_time,
+            timeout_s=timeout_s,
+            session_id=session_id,
+            webhook_url=webhook_url,
+            webhook_steps=sub.webhook_steps,
         )
 
-    async def enqueue(self, execution: Execution) -> None:
-        """Commit the row, then wake a worker. Only after this may the client hear 2xx."""
-        async with self.db.begin() as conn:
-            await repos.insert_execution(conn, execution)
-        await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
-
-    async def submit(self, tenant_id: str, sub: Submission) -> Execution:
-        execution = self.prepare(tenant_id, sub)
-        await self.enqueue(execution)
-        return execution
-
-    async def submit_and_wait(
-        self, tenant_id: str, sub: Submission, *, timeout_s: float | None = None
-    ) -> Execution:
-        """Submit, then wait for the end (or `timeout_s`) and return the execution as it is.
-
-        The client going away cancels only this wait, never the execution."""
-        execution = self.prepare(tenant_id, sub)
-        async with self.bus.subscribe(execution_channel(execution.id)) as events:
-            await self.enqueue(execution)
-            await self._wait_final(tenant_id, execution.id, events, timeout_s)
-        return await self.get(tenant_id, execution.id)
-
-    async def _wait_final(
+    async def submit(
         self,
         tenant_id: str,
-        execution_id: str,
-        events: asyncio.Queue[dict[str, Any]],
-        timeout_s: float | None,
-    ) -> None:
+        sub: Submission,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> Submitted:
+        """Commit the row (and its first event), then wake a worker. Only after this may
+        the client hear 2xx."""
+        execution = self.prepare(tenant_id, sub)
+        execution.idempotency_key = idempotency_key
+        fingerprint = fingerprint or sub.fingerprint()
+        interrupted: list[Execution] = []
+        events: list[tuple[str, list[Event]]] = []
+        async with self.db.begin() as conn:
+            now = execution.created_at
+            if idempotency_key is not None:
+                claimed = await idempotency.claim_key(
+                    conn,
+                    tenant_id=tenant_id,
+                    key=idempotency_key,
+                    request_hash=fingerprint,
+                    execution_id=execution.id,
+                    now=now,
+                    is_postgres=not self.db.is_sqlite,
+                )
+                if not claimed.fresh:
+                    if claimed.request_hash != fingerprint:
+                        raise InvalidRequest(
+                            "this Idempotency-Key was already used with a different request body",
+                            code="idempotency_key_reused",
+                        )
+                    existing = await repos.get_execution(conn, tenant_id, claimed.execution_id)
+                    if existing is None:
+                        raise NotFound("the execution of this Idempotency-Key no longer exists")
+                    return Submitted(existing, replayed=True)
+            if execution.session_id is not None:
+                interrupted = await self._session_turn(conn, tenant_id, execution, sub.on_busy)
+                for ex in interrupted:
+                    if cancelled := await repos.cancel_if_queued(conn, tenant_id, ex.id, now=now):
+                        ended = await jobs.record_end(
+                            conn, cancelled, RunOutcome.cancelled(), now=now
+                        )
+                        events.append((ex.id, ended))
+                    else:
+                        await repos.request_cancel(conn, tenant_id, ex.id, now=now)
+            await repos.insert_execution(conn, execution)
+            created = await event_log.append(
+                conn,
+                execution.id,
+                tenant_id,
+                EventType.EXECUTION,
+                {"execution_id": execution.id, "status": execution.status.value},
+                now=now,
+            )
+            events.append((execution.id, [created]))
+        for execution_id, appended in events:
+            await notify(self.bus, execution_id, appended)
+        for ex in interrupted:
+            await self.bus.publish(CANCEL_CHANNEL, {"execution_id": ex.id})
+        await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
+        return Submitted(execution)
+
+    async def _session_turn(
+        self, conn: Any, tenant_id: str, execution: Execution, on_busy: OnBusy
+    ) -> list[Execution]:
+        """Apply `on_busy` when the session already has work; returns what to interrupt."""
+        assert execution.session_id is not None
+        if not await session_repo.lock(conn, tenant_id, execution.session_id, execution.created_at):
+            raise NotFound(f"session {execution.session_id!r} not found")
+        active = await session_repo.executions_of(
+            conn, tenant_id, execution.session_id, active_only=True
+        )
+        if not active or on_busy == "enqueue":
+            return []
+        if on_busy == "reject":
+            busy = active[0]
+            raise Conflict(
+                f"session is busy with execution {busy.id} ({busy.status.value}); "
+                "retry later, or submit with on_busy=enqueue or interrupt",
+                execution_id=busy.id,
+                status=busy.status.value,
+            )
+        return active
+
+    async def submit_and_wait(
+        self,
+        tenant_id: str,
+        sub: Submission,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Submitted:
+        """Submit, then wait for the end (or the wait limit) and return the execution as it
+        is then. The client going away cancels only this wait, never the execution."""
+        submitted = await self.submit(
+            tenant_id, sub, idempotency_key=idempotency_key, fingerprint=fingerprint
+        )
+        execution = submitted.execution
+        if not execution.status.is_final:
+            await self.wait(tenant_id, execution.id, timeout_s)
+            execution = await self.get(tenant_id, execution.id)
+        return Submitted(execution, submitted.replayed)
+
+    async def wait(self, tenant_id: str, execution_id: str, timeout_s: float | None) -> None:
+        """Until the execution is final: woken by the bus, re-checking the database."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s or self.settings.sync_wait_s)
         poll_s = max(0.5, self.settings.poll_interval_s)
-        while (remaining := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                message = await asyncio.wait_for(events.get(), timeout=min(poll_s, remaining))
-                if ExecutionStatus(message.get("status", "running")).is_final:
+        async with self.bus.subscribe(execution_channel(execution_id)) as events:
+            while True:
+                async with self.db.connect() as conn:
+                    status = await repos.get_status(conn, tenant_id, execution_id)
+                if status is None or ExecutionStatus(status).is_final:
                     return
-                continue
-            async with self.db.connect() as conn:  # a lost notification only delays us
-                status = await repos.get_status(conn, tenant_id, execution_id)
-            if status is None or ExecutionStatus(status).is_final:
-                return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(events.get(), timeout=min(poll_s, remaining))
 
-    async def get(self, tenant_id: str, execution_id: str) -> Execution:
+    async def cancel(self, tenant_id: str, execution_id: str) -> Execution:
+        """Queued → cancelled at once; running → stopped by its worker (at once when its
+        code runs, else at the next step boundary); cancelled → as is; otherwise 409."""
+        execution = await self.get(tenant_id, execution_id, with_steps=False)
+        now = utcnow()
+        appended: list[Event] = []
+        async with self.db.begin() as conn:
+            if cancelled := await repos.cancel_if_queued(conn, tenant_id, execution.id, now=now):
+                appended = await jobs.record_end(conn, cancelled, RunOutcome.cancelled(), now=now)
+            elif not await repos.request_cancel(conn, tenant_id, execution.id, now=now):
+                current = await repos.get_status(conn, tenant_id, execution.id)
+                if current is None:
+                    raise NotFound(f"execution {execution_id!r} not found")
+                if current != ExecutionStatus.CANCELLED.value:
+                    raise Conflict(
+                        f"execution {execution.id} already ended as {current}",
+                        status=current,
+                    )
+        await notify(self.bus, execution.id, appended)
+        if not appended:
+            await self.bus.publish(CANCEL_CHANNEL, {"execution_id": execution.id})
+            await self.wait(tenant_id, execution.id, timeout_s=5.0)
+        return await self.get(tenant_id, execution.id)
+
+    async def get(self, tenant_id: str, execution_id: str, *, with_steps: bool = True) -> Execution:
         canonical = repos.parse_id(execution_id)
         if canonical is None:
             raise NotFound(f"execution {execution_id!r} not found")
         async with self.db.connect() as conn:
-            execution = await repos.get_execution(conn, tenant_id, canonical)
+            execution = await repos.get_execution(conn, tenant_id, canonical, with_steps=with_steps)
         if execution is None:
             raise NotFound(f"execution {execution_id!r} not found")
         return execution

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
@@ -224,3 +224,45 @@ async def session_turns(
     turns = [execution_from_row(r) for r in rows][::-1]
     await steps_for(conn, tenant_id, turns)
     return turns
+
+
+async def cancel_if_queued(
+    conn: AsyncConnection, tenant_id: str, execution_id: str, *, now: datetime
+) -> Execution | None:
+    """A queued execution becomes `cancelled` at once (no worker involved)."""
+    row = await conn.execute(
+        update(executions)
+        .where(
+            executions.c.id == execution_id,
+            executions.c.tenant_id == tenant_id,
+            executions.c.status == ExecutionStatus.QUEUED.value,
+        )
+        .values(
+            status=ExecutionStatus.CANCELLED.value,
+            error="the execution was cancelled",
+            error_code="cancelled",
+            stop_reason="cancelled",
+            cancel_requested_at=now,
+            completed_at=now,
+            updated_at=now,
+        )
+        .returning(*executions.c)
+    )
+    found = row.first()
+    return execution_from_row(found) if found else None
+
+
+async def request_cancel(
+    conn: AsyncConnection, tenant_id: str, execution_id: str, *, now: datetime
+) -> bool:
+    """Flag a running execution; its worker stops it (signal first, this flag as fallback)."""
+    result = await conn.execute(
+        update(executions)
+        .where(
+            executions.c.id == execution_id,
+            executions.c.tenant_id == tenant_id,
+            executions.c.status == ExecutionStatus.RUNNING.value,
+        )
+        .values(cancel_requested_at=func.coalesce(executions.c.cancel_requested_at, now))
+    )
+    return result.rowcount == 1

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from agent_platform.store import webhook_tables  # noqa: F401  (registers its tables)
 from agent_platform.store.tables import metadata
 
 config = context.config
