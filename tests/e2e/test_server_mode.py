@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 
 import httpx
 
 from tests.e2e.procs import Processes, wait_for
-from tests.fakes.llm_server import FakeLLMServer, code, final
+from tests.fakes.llm_server import FakeLLMServer, Text, code, final
 
 EXECUTE = "/api/v1/agent/execute"
 
@@ -66,3 +67,35 @@ def test_fifty_executions_three_workers_each_runs_once(
     assert all(e["attempt"] == 1 for e in finished)
     for kw in keywords:
         assert llm.calls(kw) == 2, kw  # two model calls per execution: nothing ran twice
+
+
+def test_stream_and_cancel_across_processes(procs: Processes, llm: FakeLLMServer) -> None:
+    """SSE served by the api process while a separate worker process runs the execution;
+    a cancel sent to the api reaches the worker through Redis."""
+    kw = f"xproc-{uuid.uuid4().hex[:8]}"
+    llm.script(kw, [Text(code(f"print({i})").text, delay_ms=150) for i in range(3)] + [final("7")])
+    url = procs.start_api()
+    procs.start_worker()
+    with httpx.Client(base_url=url, timeout=30) as http:
+        kinds, ids = [], []
+        with http.stream("POST", EXECUTE, json={"task": kw, "tools": [], "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kinds.append(line.removeprefix("event: "))
+                if line.startswith("id: "):
+                    ids.append(int(line.removeprefix("id: ")))
+                if kinds and kinds[-1] == "done" and line == "":
+                    break
+        assert kinds[0] == "execution" and kinds[-1] == "done" and kinds.count("step") == 5
+        assert ids == list(range(1, len(ids) + 1))
+
+        slow = f"xcancel-{uuid.uuid4().hex[:8]}"
+        llm.script(slow, [Text(code("print(1)").text, delay_ms=500)] * 30)
+        body = {"task": slow, "tools": [], "background": True, "max_steps": 30}
+        execution_id = http.post(EXECUTE, json=body).json()["execution_id"]
+        wait_for(lambda: llm.calls(slow) >= 2)
+        cancelled = http.post(f"/api/v1/agent/execution/{execution_id}/cancel").json()
+        assert cancelled["status"] == "cancelled"
+        calls = llm.calls(slow)
+        time.sleep(1.0)
+        assert llm.calls(slow) == calls
