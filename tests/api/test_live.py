@@ -184,3 +184,22 @@ async def test_idempotent_submits_run_once(client: httpx.AsyncClient, llm: FakeL
     assert llm.calls(kw) == 2  # one run: two model calls
     listed = (await client.get("/api/v1/agent/executions")).json()
     assert listed["total"] == 1
+
+
+async def test_cancel_queued_is_immediate(llm: FakeLLMServer, settings: Any) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from agent_platform.app import create_app
+
+    app = create_app(settings, run_worker=False, migrate_schema=True)  # nobody will claim it
+    async with LifespanManager(app, startup_timeout=30):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"task": "What is 2 + 2?", "tools": [], "background": True}
+            queued = (await client.post(EXECUTE, json=body)).json()
+            assert queued["status"] == "queued"
+            started = time.monotonic()
+            response = await client.post(f"/api/v1/agent/execution/{queued['execution_id']}/cancel")
+            assert time.monotonic() - started < 1.0
+            assert response.status_code == 200 and response.json()["status"] == "cancelled"
+            assert response.json()["completed_at"] is not None
