@@ -14,15 +14,14 @@ Only a short prefix of the response body is read, to explain a failure.
 from __future__ import annotations
 
 import ssl
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import httpcore
 import httpx
 
-from agent_platform.tools.netguard import FetchFailed, FetchTimeout, NetGuard, Target
+from agent_platform.tools.netguard import FetchFailed, FetchTimeout, NetGuard
+from agent_platform.tools.pinned import Deadline, PinnedBackend, connect_failure
 
 __all__ = ["USER_AGENT", "PostResult", "WebhookTransport"]
 
@@ -36,91 +35,6 @@ class PostResult:
 
     status: int
     body_preview: str
-
-
-class _Deadline:
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self._at = time.monotonic() + timeout_s
-
-    def remaining(self) -> float:
-        return self._at - time.monotonic()
-
-    def clamp(self, timeout: float | None, exc: type[Exception]) -> float:
-        left = self.remaining()
-        if left <= 0:
-            raise exc("deadline exceeded")
-        return left if timeout is None else min(timeout, left)
-
-
-class _Stream(httpcore.NetworkStream):
-    """A socket stream whose every operation ends by the delivery deadline."""
-
-    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
-        self._inner, self._deadline = inner, deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._deadline.clamp(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._deadline.clamp(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        clamped = self._deadline.clamp(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._inner.start_tls(ssl_context, server_hostname, clamped), self._deadline)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _PinnedBackend(httpcore.NetworkBackend):
-    """Connects only to the validated addresses of the one expected host and port."""
-
-    def __init__(self, target: Target, deadline: _Deadline) -> None:
-        self._target, self._deadline = target, deadline
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        if host != self._target.host or port != self._target.port:
-            raise httpcore.ConnectError(f"unexpected connection to {host}:{port}")
-        error: Exception = httpcore.ConnectError(f"no address to connect to for {host}")
-        for address in self._target.addresses:
-            try:
-                stream = self._inner.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=self._deadline.clamp(timeout, httpcore.ConnectTimeout),
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except httpcore.ConnectError as exc:
-                error = exc
-                continue
-            return _Stream(stream, self._deadline)
-        raise error
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("unix sockets are not allowed")
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, max(self._deadline.remaining(), 0.0)))
 
 
 class WebhookTransport:
@@ -137,7 +51,7 @@ class WebhookTransport:
     def post(
         self, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
     ) -> PostResult:
-        deadline = _Deadline(timeout_s)
+        deadline = Deadline(timeout_s)
         target = self._guard.check(url, timeout_s=timeout_s)
         request_headers = [
             (b"Host", target.host_header.encode("ascii")),
@@ -159,7 +73,7 @@ class WebhookTransport:
                     ssl_context=self._ssl_context,
                     max_connections=1,
                     retries=0,
-                    network_backend=_PinnedBackend(target, deadline),
+                    network_backend=PinnedBackend(target, deadline),
                 ) as pool,
                 pool.stream(
                     "POST",
@@ -181,7 +95,7 @@ class WebhookTransport:
         except httpcore.ConnectError as exc:
             if deadline.remaining() <= 0:
                 raise expired from exc
-            raise FetchFailed(_connect_failure(target, exc)) from exc
+            raise FetchFailed(connect_failure(target, exc)) from exc
         except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
             if deadline.remaining() <= 0:
                 raise expired from exc
@@ -189,17 +103,3 @@ class WebhookTransport:
                 f"the connection to {target.host} failed or the receiver sent an invalid HTTP "
                 f"response ({exc or type(exc).__name__})"
             ) from exc
-
-
-def _connect_failure(target: Target, exc: BaseException) -> str:
-    """A readable reason for a failed connection or TLS handshake."""
-    cause: BaseException | None = exc
-    for _ in range(5):
-        if cause is None:
-            break
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"the TLS certificate of {target.host} could not be verified"
-        if isinstance(cause, ssl.SSLError):
-            return f"the TLS handshake with {target.host} failed"
-        cause = cause.__cause__ or cause.__context__
-    return f"could not connect to {target.host} on port {target.port}"
