@@ -38,7 +38,7 @@ from agent_platform.queue import jobs
 from agent_platform.runtime.agent import AgentJob, AgentRunner, Drained, StopSignal, Turn
 from agent_platform.store import repos
 from agent_platform.store.db import Database
-from agent_platform.store.event_log import Event, EventType
+from agent_platform.store.event_log import notify
 from agent_platform.tools.base import TenantContext
 from agent_platform.webhooks.dispatcher import WebhookDispatcher
 
@@ -48,16 +48,6 @@ STOP_GRACE_S = 1.0  # after a timeout/cancel, how long the agent may take to sto
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-async def notify(bus: EventBus, execution_id: str, events: list[Event]) -> None:
-    """Tell live readers (SSE streams, waiting requests) what was just committed."""
-    for event in events:
-        await bus.append(
-            execution_channel(execution_id), {"seq": event.seq, "type": event.type.value}
-        )
-        if event.type is EventType.DONE:
-            await bus.publish(execution_channel(execution_id), dict(event.data))
 
 
 class Worker:

@@ -24,12 +24,11 @@ from agent_platform.domain import (
 from agent_platform.errors import Conflict, InvalidRequest, NotFound
 from agent_platform.events import EventBus
 from agent_platform.queue import jobs
-from agent_platform.queue.worker import notify
 from agent_platform.runtime.providers import Providers
 from agent_platform.store import event_log, idempotency, repos
 from agent_platform.store import sessions as session_repo
 from agent_platform.store.db import Database
-from agent_platform.store.event_log import Event, EventType
+from agent_platform.store.event_log import Event, EventType, notify
 from agent_platform.tools.registry import ToolRegistry
 
 OnBusy = Literal["enqueue", "reject", "interrupt"]

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agent_platform.domain import execution_channel
+from agent_platform.events import EventBus
 from agent_platform.store.repos import as_utc
 from agent_platform.store.tables import events, executions
 
@@ -109,3 +111,13 @@ async def after(
         )
         for r in rows
     ]
+
+
+async def notify(bus: EventBus, execution_id: str, appended: list[Event]) -> None:
+    """After commit: tell live readers (SSE streams, waiting requests) what was appended."""
+    for event in appended:
+        await bus.append(
+            execution_channel(execution_id), {"seq": event.seq, "type": event.type.value}
+        )
+        if event.type is EventType.DONE:
+            await bus.publish(execution_channel(execution_id), dict(event.data))
