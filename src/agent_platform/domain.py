@@ -70,6 +70,7 @@ class StepRecord:
     retries: int = 0
     final_answer: str | None = None
     note: str | None = None
+    partial: bool = False  # the model answered; the step's code has not finished yet
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Execution:
     webhook_steps: bool = False
     idempotency_key: str | None = None
     steps: list[StoredStep] = field(default_factory=list)
+    abandoned_steps: list[StoredStep] = field(default_factory=list)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -77,7 +78,7 @@ def test_killed_worker_resumes_after_last_step(
             code("x = 6\nprint(x)"),
             code(f"text = visit_webpage(url='{url}')\nn = int(text.split()[-1])\nprint(n)"),
             code("total = x * n\nprint(total)"),
-            Text(code("bonus = total + 0\nprint(bonus)").text, delay_ms=3000),
+            code("import time\ntime.sleep(4)\nbonus = total + 0\nprint(bonus)"),
             code("print('almost')"),
             final("f'{x}*{n}={bonus}'"),
         ],
@@ -87,7 +88,8 @@ def test_killed_worker_resumes_after_last_step(
     with httpx.Client(base_url=api, timeout=30) as http:
         execution_id = submit(http, kw, tools=["visit_webpage"])
         wait_for(lambda: len(get(http, execution_id)["steps"]) >= 3)
-        wait_for(lambda: calls_by_index(llm, kw).get(3))  # step 4's model call is in flight
+        wait_for(lambda: calls_by_index(llm, kw).get(3))  # step 4's model call answered...
+        time.sleep(0.5)  # ...and its code is running
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         procs.start_worker()
@@ -100,11 +102,14 @@ def test_killed_worker_resumes_after_last_step(
     assert counts[0] == counts[1] == counts[2] == 1  # completed steps were not asked again
     assert counts[3] == 2  # the step in flight was redone from its start
     assert handler.hits == 1  # the tool was called once; the replay used the record
-    steps = done["steps"]
-    assert done["usage"]["input_tokens"] == sum(s["usage"]["input_tokens"] for s in steps)
+    (abandoned,) = done["abandoned_steps"]  # its model output is kept, tagged attempt 1
+    assert abandoned["step"] == 4 and abandoned["attempt"] == 1
+    assert "time.sleep(4)" in abandoned["model_output"]
+    # usage counts every model call once: the completed ones and the abandoned one
     served = [r for r in llm.requests if r.keyword == kw and r.status == 200]
-    distinct = {r.index: r.output_tokens for r in served}  # the killed call's reply was lost
-    assert done["usage"]["output_tokens"] == sum(distinct.values())
+    assert len(served) == 7
+    assert done["usage"]["output_tokens"] == sum(r.output_tokens for r in served)
+    assert done["usage"]["input_tokens"] == sum(r.input_tokens for r in served)
 
 
 def test_sigterm_drains_to_another_worker_without_repeating_calls(

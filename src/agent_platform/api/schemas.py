@@ -132,6 +132,11 @@ class ExecutionOut(BaseModel):
     steps: list[StepOut] | None = Field(
         None, description="Steps of the latest attempt (omitted in lists unless asked for)."
     )
+    abandoned_steps: list[StepOut] | None = Field(
+        None,
+        description="Model output of steps whose worker died before their code finished; "
+        "those steps were redone by a later attempt.",
+    )
     usage: UsageOut
     model: str
     tools: list[str] | None
@@ -160,6 +165,7 @@ class ExecutionOut(BaseModel):
             error_code=ex.error_code,
             stop_reason=ex.stop_reason,
             steps=[StepOut.of(s) for s in ex.steps] if with_steps else None,
+            abandoned_steps=[StepOut.of(s) for s in ex.abandoned_steps] if with_steps else None,
             usage=UsageOut(
                 input_tokens=ex.input_tokens,
                 output_tokens=ex.output_tokens,

@@ -119,33 +119,54 @@ async def record_step(
     *,
     lease_s: float,
     now: datetime,
-) -> Event:
-    """Store one step and add its tokens to the execution, fenced by attempt.
+) -> Event | None:
+    """Store one step, fenced by attempt, and count its tokens once.
 
-    The UPDATE runs first so the transaction takes the row's write lock before inserting
-    (and doubles as a heartbeat)."""
-    result = await conn.execute(
+    A step is written twice: `partial` when the model answers (so a crash keeps the output
+    and its cost), then complete when its code has run, replacing the partial row. The
+    execution row is updated first so the transaction holds its lock before touching steps
+    (it doubles as a heartbeat). Returns the `step` event (none for a partial write)."""
+    fenced = await conn.execute(
         update(executions)
         .where(_fenced(execution.id, execution.attempt))
-        .values(
-            input_tokens=executions.c.input_tokens + step.input_tokens,
-            output_tokens=executions.c.output_tokens + step.output_tokens,
-            lease_until=now + timedelta(seconds=lease_s),
-            updated_at=now,
-        )
+        .values(lease_until=now + timedelta(seconds=lease_s), updated_at=now)
     )
-    if result.rowcount != 1:
+    if fenced.rowcount != 1:
         raise LeaseLost(execution.id)
     values = asdict(step)
     values["type"] = step.type.value
-    await conn.execute(
-        steps.insert().values(
-            execution_id=execution.id,
-            tenant_id=execution.tenant_id,
-            attempt=execution.attempt,
-            **values,
+    completed_partial = False
+    if not step.partial:
+        done = await conn.execute(
+            update(steps)
+            .where(
+                steps.c.execution_id == execution.id,
+                steps.c.attempt == execution.attempt,
+                steps.c.step == step.step,
+                steps.c.partial.is_(True),
+            )
+            .values(**values)
         )
-    )
+        completed_partial = done.rowcount == 1
+    if not completed_partial:
+        await conn.execute(
+            steps.insert().values(
+                execution_id=execution.id,
+                tenant_id=execution.tenant_id,
+                attempt=execution.attempt,
+                **values,
+            )
+        )
+        await conn.execute(
+            update(executions)
+            .where(executions.c.id == execution.id)
+            .values(
+                input_tokens=executions.c.input_tokens + step.input_tokens,
+                output_tokens=executions.c.output_tokens + step.output_tokens,
+            )
+        )
+    if step.partial:
+        return None
     if execution.webhook_steps and execution.webhook_url:
         await outbox.enqueue(
             conn,

@@ -271,7 +271,8 @@ class Worker:
             event = await jobs.record_step(
                 conn, execution, step, lease_s=self.settings.lease_s, now=utcnow()
             )
-        await notify(self.bus, execution.id, [event])
+        if event is not None:
+            await notify(self.bus, execution.id, [event])
 
     async def _finish(self, execution: Execution, outcome: RunOutcome) -> None:
         async with self.db.begin() as conn:

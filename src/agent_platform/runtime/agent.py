@@ -184,6 +184,7 @@ class AgentRunner:
             },
         )
         recorder.agent = agent
+        model.on_answer = recorder.model_answered
         stop.on_set(lambda reason: _kill_code(agent, reason))
         try:
             if history:
@@ -282,6 +283,8 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def _outcome_for_error(exc: BaseException, stop: StopSignal) -> RunOutcome:
     cause = _root_cause(exc)
+    if isinstance(cause, LeaseLost):
+        raise cause
     if stop.is_set() or isinstance(cause, (Interrupted, ExecutionStopped)):
         if stop.reason in (None, StopReason.LEASE_LOST):
             raise LeaseLost(str(exc)) from exc
@@ -342,6 +345,25 @@ class _StepRecorder:
         broken = getattr(self.agent and self.agent.python_executor, "terminal_error", None)
         if broken is not None:  # the sandbox died: every further step would fail the same way
             raise broken
+
+    def model_answered(self, message: Any, started: float) -> None:
+        """Write the step as soon as the model answers: a crash while its code runs keeps
+        the output (and its cost), tagged with this attempt."""
+        text = message.content if isinstance(message.content, str) else None
+        usage = message.token_usage
+        self.sink(
+            StepRecord(
+                step=self.last_step + 1,
+                type=StepType.ACTION,
+                started_at=datetime.fromtimestamp(started, UTC),
+                duration_ms=int((time.time() - started) * 1000),
+                model_output=text,
+                thought=_thought(text),
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                partial=True,
+            )
+        )
 
     def _convert(self, memory_step: Any) -> StepRecord | None:
         if isinstance(memory_step, FinalAnswerStep):

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,8 @@ class PlatformModel(Model):
         self.stop = stop
         self.deadline: float | None = None  # time.monotonic() by which the run must end
         self.last_error: ProviderError | None = None
+        # called with (message, call start time) as soon as the model has answered
+        self.on_answer: Callable[[ChatMessage, float], None] | None = None
         self._retries = 0
 
     def take_retries(self) -> int:
@@ -99,8 +102,9 @@ class PlatformModel(Model):
         while True:
             if self.stop.is_set():
                 raise Interrupted("stopped before the model call")
+            started = time.time()
             try:
-                return self._call(clean, stop_sequences)
+                message = self._call(clean, stop_sequences)
             except ProviderError as exc:
                 if not exc.retryable or retry >= self.retry_policy.max_retries:
                     self.last_error = exc
@@ -110,6 +114,10 @@ class PlatformModel(Model):
                 self._retries += 1
                 if self.stop.wait(delay):
                     raise Interrupted("stopped while waiting to retry the model call") from exc
+                continue
+            if self.on_answer is not None:
+                self.on_answer(message, started)
+            return message
 
     def _call(self, messages: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
         raise NotImplementedError

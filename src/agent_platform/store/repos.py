@@ -75,6 +75,7 @@ def step_from_row(row: Any) -> StoredStep:
         retries=m["retries"],
         final_answer=m["final_answer"],
         note=m["note"],
+        partial=m["partial"],
         attempt=m["attempt"],
     )
 
@@ -127,8 +128,16 @@ async def get_execution(
         return None
     ex = execution_from_row(row)
     if with_steps and ex.attempt > 0:
-        ex.steps = effective_steps(await list_steps(conn, tenant_id, ex.id))
+        stored = await list_steps(conn, tenant_id, ex.id)
+        ex.steps = effective_steps(stored)
+        ex.abandoned_steps = abandoned_steps(stored, ex.attempt)
     return ex
+
+
+def abandoned_steps(stored: list[StoredStep], attempt: int) -> list[StoredStep]:
+    """What earlier attempts left unfinished: model output of a step their worker never
+    completed (the step was redone by a later attempt)."""
+    return [s for s in stored if s.partial and s.attempt < attempt]
 
 
 def effective_steps(stored: list[StoredStep]) -> list[StoredStep]:
@@ -138,6 +147,8 @@ def effective_steps(stored: list[StoredStep]) -> list[StoredStep]:
     those steps followed by its own; steps an abandoned attempt redid stay in the table."""
     latest: dict[int, StoredStep] = {}
     for step in stored:
+        if step.partial:  # in flight, or left behind by a dead attempt
+            continue
         kept = latest.get(step.step)
         if kept is None or step.attempt > kept.attempt:
             latest[step.step] = step

@@ -109,6 +109,7 @@ steps = Table(
     Column("error", Text),
     Column("final_answer", Text),
     Column("note", Text),
+    Column("partial", Boolean, nullable=False, server_default=false()),
     Column("input_tokens", Integer, nullable=False),
     Column("output_tokens", Integer, nullable=False),
     Column("retries", Integer, nullable=False),
