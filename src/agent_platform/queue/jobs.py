@@ -4,6 +4,9 @@ The execution row is the job. A claim bumps `attempt`, which is the fencing toke
 later write by a worker says `WHERE id = :id AND attempt = :attempt AND status = 'running'`,
 so a worker that lost its lease can never overwrite a newer attempt. Every state change
 appends to the execution's event log in the same transaction (see `store/event_log.py`).
+
+The statements on the hot path (claim, step, finish) are built once, with bind parameters,
+and each fenced UPDATE also numbers the events it writes: a step costs three statements.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -41,6 +44,13 @@ def _fenced(execution_id: str, attempt: int) -> ColumnElement[bool]:
     )
 
 
+_FENCE = and_(
+    executions.c.id == bindparam("eid"),
+    executions.c.attempt == bindparam("b_attempt"),
+    executions.c.status == RUNNING,
+)
+
+
 def _session_turn() -> ColumnElement[bool]:
     """One execution per session at a time, in submission order: a session's queued
     execution is claimable only when nothing of its session runs or was queued before it."""
@@ -56,6 +66,75 @@ def _session_turn() -> ColumnElement[bool]:
     return or_(executions.c.session_id.is_(None), ~blocked)
 
 
+def _claim_statement(skip_locked: bool):  # type: ignore[no-untyped-def]
+    picked = (
+        select(executions.c.id)
+        .where(executions.c.status == QUEUED, _session_turn())
+        .order_by(executions.c.created_at)
+        .limit(bindparam("limit"))
+    )
+    if skip_locked:
+        picked = picked.with_for_update(skip_locked=True)
+    return (
+        update(executions)
+        .where(executions.c.id.in_(picked.scalar_subquery()), executions.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            attempt=executions.c.attempt + 1,
+            worker_id=bindparam("b_worker_id"),
+            lease_until=bindparam("b_lease_until"),
+            started_at=func.coalesce(executions.c.started_at, bindparam("now")),
+            updated_at=bindparam("now"),
+            event_seq=executions.c.event_seq + 1,
+        )
+        .returning(*executions.c)
+    )
+
+
+_CLAIM = {True: _claim_statement(skip_locked=True), False: _claim_statement(skip_locked=False)}
+
+_STEP_FENCE = (
+    update(executions)
+    .where(_FENCE)
+    .values(
+        lease_until=bindparam("b_lease_until"),
+        updated_at=bindparam("now"),
+        input_tokens=executions.c.input_tokens + bindparam("add_in"),
+        output_tokens=executions.c.output_tokens + bindparam("add_out"),
+        event_seq=executions.c.event_seq + bindparam("add_events"),
+    )
+    .returning(executions.c.event_seq)
+)
+_STEP_INSERT = steps.insert()
+_STEP_FIELDS = [name for name in StepRecord.__dataclass_fields__ if name != "step"]
+_STEP_COMPLETE = (
+    update(steps)
+    .where(
+        steps.c.execution_id == bindparam("eid"),
+        steps.c.attempt == bindparam("step_attempt"),
+        steps.c.step == bindparam("step_number"),
+        steps.c.partial.is_(True),
+    )
+    .values({name: bindparam(f"v_{name}") for name in _STEP_FIELDS})
+)
+_FINISH = (
+    update(executions)
+    .where(_FENCE)
+    .values(
+        status=bindparam("b_status"),
+        result=bindparam("b_result"),
+        error=bindparam("b_error"),
+        error_code=bindparam("b_error_code"),
+        stop_reason=bindparam("b_stop_reason"),
+        completed_at=bindparam("now"),
+        lease_until=None,
+        updated_at=bindparam("now"),
+        event_seq=executions.c.event_seq + 2,
+    )
+    .returning(executions.c.event_seq)
+)
+
+
 async def claim(
     conn: AsyncConnection,
     *,
@@ -66,32 +145,23 @@ async def claim(
     is_postgres: bool,
 ) -> list[Execution]:
     """Atomically take up to `limit` queued executions, oldest first."""
-    picked = (
-        select(executions.c.id)
-        .where(executions.c.status == QUEUED, _session_turn())
-        .order_by(executions.c.created_at)
-        .limit(limit)
-    )
-    if is_postgres:
-        picked = picked.with_for_update(skip_locked=True)
     result = await conn.execute(
-        update(executions)
-        .where(executions.c.id.in_(picked.scalar_subquery()), executions.c.status == QUEUED)
-        .values(
-            status=RUNNING,
-            attempt=executions.c.attempt + 1,
-            worker_id=worker_id,
-            lease_until=now + timedelta(seconds=lease_s),
-            started_at=func.coalesce(executions.c.started_at, now),
-            updated_at=now,
-        )
-        .returning(*executions.c)
+        _CLAIM[is_postgres],
+        {
+            "limit": limit,
+            "b_worker_id": worker_id,
+            "b_lease_until": now + timedelta(seconds=lease_s),
+            "now": now,
+        },
     )
-    claimed = [execution_from_row(r) for r in result]
-    for ex in claimed:
-        await event_log.append_status(
-            conn, ex.id, ex.tenant_id, RUNNING, now=now, attempt=ex.attempt
+    claimed = []
+    for row in result:
+        ex = execution_from_row(row)
+        claimed.append(ex)
+        numbered = event_log.status_events(
+            row._mapping["event_seq"], RUNNING, final=False, attempt=ex.attempt
         )
+        await event_log.store(conn, ex.id, ex.tenant_id, numbered, now=now)
     return claimed
 
 
@@ -123,47 +193,48 @@ async def record_step(
     """Store one step, fenced by attempt, and count its tokens once.
 
     A step is written twice: `partial` when the model answers (so a crash keeps the output
-    and its cost), then complete when its code has run, replacing the partial row. The
-    execution row is updated first so the transaction holds its lock before touching steps
-    (it doubles as a heartbeat). Returns the `step` event (none for a partial write)."""
-    fenced = await conn.execute(
-        update(executions)
-        .where(_fenced(execution.id, execution.attempt))
-        .values(lease_until=now + timedelta(seconds=lease_s), updated_at=now)
-    )
-    if fenced.rowcount != 1:
-        raise LeaseLost(execution.id)
+    and its cost), then complete when its code has run, replacing the partial row. Returns
+    the `step` event (none for a partial write)."""
     values = asdict(step)
     values["type"] = step.type.value
     completed_partial = False
     if not step.partial:
         done = await conn.execute(
-            update(steps)
-            .where(
-                steps.c.execution_id == execution.id,
-                steps.c.attempt == execution.attempt,
-                steps.c.step == step.step,
-                steps.c.partial.is_(True),
-            )
-            .values(**values)
+            _STEP_COMPLETE,
+            {
+                "eid": execution.id,
+                "step_attempt": execution.attempt,
+                "step_number": step.step,
+                **{f"v_{k}": v for k, v in values.items() if k != "step"},
+            },
         )
-        completed_partial = done.rowcount == 1
+        completed_partial = done.rowcount == 1  # its tokens were counted when it was partial
+    counted = completed_partial
+    seq = (
+        await conn.execute(
+            _STEP_FENCE,
+            {
+                "eid": execution.id,
+                "b_attempt": execution.attempt,
+                "b_lease_until": now + timedelta(seconds=lease_s),
+                "now": now,
+                "add_in": 0 if counted else step.input_tokens,
+                "add_out": 0 if counted else step.output_tokens,
+                "add_events": 0 if step.partial else 1,
+            },
+        )
+    ).scalar_one_or_none()
+    if seq is None:
+        raise LeaseLost(execution.id)
     if not completed_partial:
         await conn.execute(
-            steps.insert().values(
-                execution_id=execution.id,
-                tenant_id=execution.tenant_id,
-                attempt=execution.attempt,
+            _STEP_INSERT,
+            {
+                "execution_id": execution.id,
+                "tenant_id": execution.tenant_id,
+                "attempt": execution.attempt,
                 **values,
-            )
-        )
-        await conn.execute(
-            update(executions)
-            .where(executions.c.id == execution.id)
-            .values(
-                input_tokens=executions.c.input_tokens + step.input_tokens,
-                output_tokens=executions.c.output_tokens + step.output_tokens,
-            )
+            },
         )
     if step.partial:
         return None
@@ -177,47 +248,55 @@ async def record_step(
             payload=outbox.step_payload(execution, step),
             now=now,
         )
-    return await event_log.append(
+    (event,) = await event_log.store(
         conn,
         execution.id,
         execution.tenant_id,
-        EventType.STEP,
-        {"step": step.step, "attempt": execution.attempt},
+        [(seq, EventType.STEP, {"step": step.step, "attempt": execution.attempt})],
         now=now,
     )
+    return event
 
 
 async def finish(
     conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *, now: datetime
 ) -> list[Event]:
     """Write the final status and result, fenced by attempt."""
-    result = await conn.execute(
-        update(executions)
-        .where(_fenced(execution.id, execution.attempt))
-        .values(
-            status=outcome.status.value,
-            result=outcome.result,
-            error=outcome.error,
-            error_code=outcome.error_code,
-            stop_reason=outcome.stop_reason.value if outcome.stop_reason else None,
-            completed_at=now,
-            lease_until=None,
-            updated_at=now,
+    seq = (
+        await conn.execute(
+            _FINISH,
+            {
+                "eid": execution.id,
+                "b_attempt": execution.attempt,
+                "b_status": outcome.status.value,
+                "b_result": outcome.result,
+                "b_error": outcome.error,
+                "b_error_code": outcome.error_code,
+                "b_stop_reason": outcome.stop_reason.value if outcome.stop_reason else None,
+                "now": now,
+            },
         )
-    )
-    if result.rowcount != 1:
+    ).scalar_one_or_none()
+    if seq is None:
         raise LeaseLost(execution.id)
-    return await record_end(conn, execution, outcome, now=now)
+    return await record_end(conn, execution, outcome, now=now, last_seq=seq)
 
 
 async def record_end(
-    conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *, now: datetime
+    conn: AsyncConnection,
+    execution: Execution,
+    outcome: RunOutcome,
+    *,
+    now: datetime,
+    last_seq: int | None = None,
 ) -> list[Event]:
     """What every end of an execution writes beside its row, in the same transaction: the
-    last events, and the webhook delivery (a durable outbox: it cannot be lost)."""
-    appended = await event_log.append_status(
-        conn, execution.id, execution.tenant_id, outcome.status.value, now=now, final=True
-    )
+    last events, and the webhook delivery (a durable outbox: it cannot be lost).
+    `last_seq`: the two event numbers were already taken by the caller's UPDATE."""
+    if last_seq is None:
+        last_seq = await event_log.reserve(conn, execution.id, 2)
+    numbered = event_log.status_events(last_seq, outcome.status.value, final=True)
+    appended = await event_log.store(conn, execution.id, execution.tenant_id, numbered, now=now)
     if execution.webhook_url:
         await outbox.enqueue(
             conn,

@@ -246,6 +246,8 @@ class Worker:
         """What the agent needs: the task, and what earlier attempts and turns left behind."""
         history: list[StoredStep] = []
         turns: list[Turn] = []
+        if execution.attempt == 1 and execution.session_id is None:
+            return self._agent_job(execution, history, turns)  # nothing to load
         async with self.db.connect() as conn:
             if execution.attempt > 1:  # rescued: resume after the steps already recorded
                 stored = await repos.list_steps(conn, execution.tenant_id, execution.id)
@@ -255,6 +257,11 @@ class Worker:
                     conn, execution.tenant_id, execution.session_id, before=execution.created_at
                 )
                 turns = [Turn(task=ex.task, steps=tuple(ex.steps)) for ex in earlier]
+        return self._agent_job(execution, history, turns)
+
+    def _agent_job(
+        self, execution: Execution, history: list[StoredStep], turns: list[Turn]
+    ) -> AgentJob:
         return AgentJob(
             execution_id=execution.id,
             tenant=self.tenant,

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -253,10 +254,14 @@ def _kill_code(agent: CodeAgent, reason: StopReason) -> None:
         kill(reason.value)
 
 
+_closer = ThreadPoolExecutor(2, thread_name_prefix="sandbox-close")
+
+
 def _close(executor: Any) -> None:
+    """Off the execution's path: ending a sandbox (kill, reap, remove its dir) takes ms."""
     close = getattr(executor, "close", None) or getattr(executor, "cleanup", None)
     if close is not None:
-        close()
+        _closer.submit(close)
 
 
 def _completed(answer: str, history: list[StoredStep]) -> RunOutcome:

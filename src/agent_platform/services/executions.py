@@ -4,7 +4,6 @@ cancel. Called by routers, the CLI and the console."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import uuid
@@ -143,12 +142,52 @@ class ExecutionService:
         *,
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
+        then_wait: float | None = None,
     ) -> Submitted:
         """Commit the row (and its first event), then wake a worker. Only after this may
-        the client hear 2xx."""
+        the client hear 2xx. With `then_wait`, also wait (up to that many seconds) for the
+        execution to end, listening from before it could."""
+        if then_wait is None:
+            return await self._submit(tenant_id, sub, idempotency_key, fingerprint, None)
+        channel_id = str(uuid.uuid4())
+        async with self.bus.subscribe(execution_channel(channel_id)) as events:
+            return await self._submit(
+                tenant_id, sub, idempotency_key, fingerprint, (channel_id, events, then_wait)
+            )
+
+    async def _submit(
+        self,
+        tenant_id: str,
+        sub: Submission,
+        idempotency_key: str | None,
+        fingerprint: str | None,
+        waiting: tuple[str, asyncio.Queue[dict[str, Any]], float] | None,
+    ) -> Submitted:
         execution = self.prepare(tenant_id, sub)
+        if waiting is not None:
+            execution.id = waiting[0]  # the id we already listen on
         execution.idempotency_key = idempotency_key
-        fingerprint = fingerprint or sub.fingerprint()
+        existing = await self._insert(
+            tenant_id, execution, sub, idempotency_key, fingerprint or sub.fingerprint()
+        )
+        if existing is not None:  # an earlier request with this Idempotency-Key made it
+            if waiting is not None and not existing.status.is_final:
+                await self.wait(tenant_id, existing.id, waiting[2])
+            return Submitted(existing, replayed=True)
+        if waiting is not None:
+            await self.wait(tenant_id, execution.id, waiting[2], events=waiting[1])
+        return Submitted(execution)
+
+    async def _insert(
+        self,
+        tenant_id: str,
+        execution: Execution,
+        sub: Submission,
+        idempotency_key: str | None,
+        fingerprint: str,
+    ) -> Execution | None:
+        """One transaction: idempotency key, session turn, the row and its first event.
+        Returns the existing execution when the Idempotency-Key was used before."""
         interrupted: list[Execution] = []
         events: list[tuple[str, list[Event]]] = []
         async with self.db.begin() as conn:
@@ -172,7 +211,7 @@ class ExecutionService:
                     existing = await repos.get_execution(conn, tenant_id, claimed.execution_id)
                     if existing is None:
                         raise NotFound("the execution of this Idempotency-Key no longer exists")
-                    return Submitted(existing, replayed=True)
+                    return existing
             if execution.session_id is not None:
                 interrupted = await self._session_turn(conn, tenant_id, execution, sub.on_busy)
                 for ex in interrupted:
@@ -183,22 +222,21 @@ class ExecutionService:
                         events.append((ex.id, ended))
                     else:
                         await repos.request_cancel(conn, tenant_id, ex.id, now=now)
-            await repos.insert_execution(conn, execution)
-            created = await event_log.append(
+            await repos.insert_execution(conn, execution)  # with event_seq = 1
+            created = await event_log.store(
                 conn,
                 execution.id,
                 tenant_id,
-                EventType.EXECUTION,
-                {"execution_id": execution.id, "status": execution.status.value},
+                [(1, EventType.EXECUTION, {"execution_id": execution.id, "status": "queued"})],
                 now=now,
             )
-            events.append((execution.id, [created]))
+            events.append((execution.id, created))
         for execution_id, appended in events:
             await notify(self.bus, execution_id, appended)
         for ex in interrupted:
             await self.bus.publish(CANCEL_CHANNEL, {"execution_id": ex.id})
         await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
-        return Submitted(execution)
+        return None
 
     async def _session_turn(
         self, conn: Any, tenant_id: str, execution: Execution, on_busy: OnBusy
@@ -234,30 +272,62 @@ class ExecutionService:
         """Submit, then wait for the end (or the wait limit) and return the execution as it
         is then. The client going away cancels only this wait, never the execution."""
         submitted = await self.submit(
-            tenant_id, sub, idempotency_key=idempotency_key, fingerprint=fingerprint
+            tenant_id,
+            sub,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            then_wait=timeout_s or self.settings.sync_wait_s,
         )
         execution = submitted.execution
         if not execution.status.is_final:
-            await self.wait(tenant_id, execution.id, timeout_s)
             execution = await self.get(tenant_id, execution.id)
         return Submitted(execution, submitted.replayed)
 
-    async def wait(self, tenant_id: str, execution_id: str, timeout_s: float | None) -> None:
-        """Until the execution is final: woken by the bus, re-checking the database."""
+    async def wait(
+        self,
+        tenant_id: str,
+        execution_id: str,
+        timeout_s: float | None,
+        events: asyncio.Queue[dict[str, Any]] | None = None,
+    ) -> None:
+        """Until the execution is final: woken by the bus, re-checking the database every
+        POLL_INTERVAL_S (a lost notification only delays). With `events`, the caller
+        subscribed before the execution could end, so no first check is needed."""
+        if events is None:
+            async with self.bus.subscribe(execution_channel(execution_id)) as subscribed:
+                await self._wait(tenant_id, execution_id, timeout_s, subscribed, check=True)
+        else:
+            await self._wait(tenant_id, execution_id, timeout_s, events, check=False)
+
+    async def _wait(
+        self,
+        tenant_id: str,
+        execution_id: str,
+        timeout_s: float | None,
+        events: asyncio.Queue[dict[str, Any]],
+        *,
+        check: bool,
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s or self.settings.sync_wait_s)
         poll_s = max(0.5, self.settings.poll_interval_s)
-        async with self.bus.subscribe(execution_channel(execution_id)) as events:
-            while True:
+        while True:
+            if check:
                 async with self.db.connect() as conn:
                     status = await repos.get_status(conn, tenant_id, execution_id)
                 if status is None or ExecutionStatus(status).is_final:
                     return
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(events.get(), timeout=min(poll_s, remaining))
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                message = await asyncio.wait_for(events.get(), timeout=min(poll_s, remaining))
+            except TimeoutError:
+                check = True
+                continue
+            check = not ExecutionStatus(message.get("status", "running")).is_final
+            if not check:
+                return
 
     async def cancel(self, tenant_id: str, execution_id: str) -> Execution:
         """Queued → cancelled at once; running → stopped by its worker (at once when its

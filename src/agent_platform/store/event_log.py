@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import execution_channel
@@ -36,6 +36,61 @@ class Event:
     created_at: datetime
 
 
+_INSERT = events.insert()
+_NEXT_SEQ = (
+    update(executions)
+    .where(executions.c.id == bindparam("eid"))
+    .values(event_seq=executions.c.event_seq + bindparam("n"))
+    .returning(executions.c.event_seq)
+)
+
+
+async def reserve(conn: AsyncConnection, execution_id: str, count: int) -> int:
+    """Take `count` event numbers; returns the last. Writers whose own UPDATE of the
+    execution row already bumps `event_seq` skip this (one statement fewer)."""
+    result = await conn.execute(_NEXT_SEQ, {"eid": execution_id, "n": count})
+    return int(result.scalar_one())
+
+
+async def store(
+    conn: AsyncConnection,
+    execution_id: str,
+    tenant_id: str,
+    numbered: list[tuple[int, EventType, dict[str, Any]]],
+    *,
+    now: datetime,
+) -> list[Event]:
+    """Insert already-numbered events in one statement; call inside the transaction that
+    made the change."""
+    await conn.execute(
+        _INSERT,
+        [
+            {
+                "execution_id": execution_id,
+                "seq": seq,
+                "tenant_id": tenant_id,
+                "type": type_.value,
+                "data": data,
+                "created_at": now,
+            }
+            for seq, type_, data in numbered
+        ],
+    )
+    return [Event(seq=seq, type=t, data=d, created_at=now) for seq, t, d in numbered]
+
+
+def status_events(
+    last_seq: int, status: str, *, final: bool, **extra: Any
+) -> list[tuple[int, EventType, dict[str, Any]]]:
+    """A status transition (and `done` when final), numbered to end at `last_seq`."""
+    if not final:
+        return [(last_seq, EventType.STATUS, {"status": status, **extra})]
+    return [
+        (last_seq - 1, EventType.STATUS, {"status": status, **extra}),
+        (last_seq, EventType.DONE, {"status": status}),
+    ]
+
+
 async def append(
     conn: AsyncConnection,
     execution_id: str,
@@ -46,25 +101,9 @@ async def append(
     now: datetime,
 ) -> Event:
     """Number and store one event; call inside the transaction that made the change."""
-    seq = (
-        await conn.execute(
-            update(executions)
-            .where(executions.c.id == execution_id)
-            .values(event_seq=executions.c.event_seq + 1)
-            .returning(executions.c.event_seq)
-        )
-    ).scalar_one()
-    await conn.execute(
-        events.insert().values(
-            execution_id=execution_id,
-            seq=seq,
-            tenant_id=tenant_id,
-            type=type_.value,
-            data=data,
-            created_at=now,
-        )
-    )
-    return Event(seq=seq, type=type_, data=data, created_at=now)
+    seq = await reserve(conn, execution_id, 1)
+    (event,) = await store(conn, execution_id, tenant_id, [(seq, type_, data)], now=now)
+    return event
 
 
 async def append_status(
@@ -78,16 +117,9 @@ async def append_status(
     **extra: Any,
 ) -> list[Event]:
     """A status transition, followed by `done` when it is the last one."""
-    appended = [
-        await append(
-            conn, execution_id, tenant_id, EventType.STATUS, {"status": status, **extra}, now=now
-        )
-    ]
-    if final:
-        appended.append(
-            await append(conn, execution_id, tenant_id, EventType.DONE, {"status": status}, now=now)
-        )
-    return appended
+    last = await reserve(conn, execution_id, 2 if final else 1)
+    numbered = status_events(last, status, final=final, **extra)
+    return await store(conn, execution_id, tenant_id, numbered, now=now)
 
 
 async def after(

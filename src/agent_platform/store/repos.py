@@ -104,6 +104,7 @@ async def insert_execution(conn: AsyncConnection, ex: Execution) -> None:
             max_attempts=ex.max_attempts,
             input_tokens=0,
             output_tokens=0,
+            event_seq=1,  # the `execution` event the submitter writes beside the row
             created_at=ex.created_at,
             updated_at=ex.created_at,
             session_id=ex.session_id,
