@@ -26,7 +26,7 @@ test: $(VENV)/.test-installed
 	$(BIN)/pytest
 
 bench: $(VENV)/.test-installed
-	$(BIN)/python bench/sandbox_start.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) data

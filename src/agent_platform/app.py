@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,14 @@ from agent_platform.config import Settings
 from agent_platform.container import Platform
 
 log = logging.getLogger("agent_platform")
+
+
+def freeze_startup_heap() -> None:
+    """Move everything loaded at startup (FastAPI, SQLAlchemy, smolagents, the SDKs: hundreds
+    of thousands of objects) out of the collector's reach. Without this, each full collection
+    walks them all: 200-300 ms pauses under load, which is most of the tail latency."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(
@@ -37,6 +46,7 @@ def create_app(
             log.warning(note)
         if run_worker:
             await platform.start_worker_in_background()
+        freeze_startup_heap()
         try:
             yield
         finally:

@@ -157,6 +157,7 @@ def worker(
 async def _run_worker(
     settings: Settings, concurrency: int | None, burst: bool, grace_s: float
 ) -> None:
+    from agent_platform.app import freeze_startup_heap
     from agent_platform.container import Platform
 
     platform = Platform(settings)
@@ -165,6 +166,7 @@ async def _run_worker(
         logging.getLogger("agent_platform").warning(note)
     await platform.start_sandbox()
     worker = platform.make_worker(concurrency=concurrency)
+    freeze_startup_heap()
     logging.getLogger("agent_platform").info(
         "worker %s started (%d slots, sandbox: %s)",
         worker.worker_id,

@@ -37,9 +37,7 @@ class Platform:
         bus: EventBus | None = None,
     ) -> None:
         self.settings = settings
-        self.db = Database(
-            settings.resolved_database_url, pool_size=max(10, settings.worker_concurrency)
-        )
+        self.db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size)
         self.bus = bus or make_bus(settings.redis_url, settings.redis_namespace)
         self.registry = registry or default_registry(settings)
         self.providers = Providers(settings)

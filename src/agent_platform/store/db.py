@@ -59,6 +59,7 @@ class Database:
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,
+                pool_timeout=30,
                 pool_pre_ping=False,
                 pool_recycle=1800,
                 connect_args={"command_timeout": 30, "timeout": 5},
