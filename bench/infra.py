@@ -1,0 +1,78 @@
+"""The run's own PostgreSQL databases (`bench_*`) and Redis namespace, always removed after.
+
+PostgreSQL and Redis are shared with other users of the machine: the benchmark creates
+uniquely named databases and a unique REDIS_NAMESPACE, and drops/deletes only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import redis
+
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+
+    @property
+    def url(self) -> str:
+        """The platform's DATABASE_URL (SQLAlchemy + asyncpg)."""
+        return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{self.name}"
+
+    @property
+    def dsn(self) -> str:
+        """For asyncpg directly (bulk loading)."""
+        return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{self.name}"
+
+
+def run_id() -> str:
+    return secrets.token_hex(4)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def pg_database(name: str) -> Iterator[Database]:
+    """Create `name` (must start with `bench_`), drop it (forcefully) on the way out."""
+    if not name.startswith("bench_") or not name.replace("_", "").isalnum():
+        raise ValueError(f"refusing to manage database {name!r}")
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield Database(name)
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def redis_namespace(namespace: str) -> Iterator[str]:
+    """A REDIS_NAMESPACE for the run; its keys (`<namespace>:*`) are deleted afterwards."""
+    try:
+        yield namespace
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.delete(*batch)
+                    batch = []
+            if batch:
+                client.delete(*batch)
+        finally:
+            client.close()
