@@ -251,8 +251,7 @@ def test_no_network_even_with_raw_syscalls(sbx):
 
 def test_services_are_reachable_from_the_worker_so_the_network_test_means_something():
     reachable = [p for p in (5432, 6379) if tcp_reachable_from_worker(p)]
-    if not reachable:
-        pytest.skip("neither PostgreSQL nor Redis listens on this machine")
+    assert reachable == [5432, 6379], "the suite's PostgreSQL and Redis must be listening"
 
 
 def test_socket_module_is_refused_inside_the_child(sbx):
@@ -498,8 +497,7 @@ def test_unprivileged_worker_falls_back_to_the_strongest_available_layers():
         )
     finally:
         listener.close()
-    if proc.returncode == 77:
-        pytest.skip(f"cannot impersonate an unprivileged worker here: {proc.stderr[-500:]}")
+    # 77: the host cannot run a worker as uid 65534 (this project's machines can)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
