@@ -10,6 +10,7 @@ the thread's late writes are fenced out. `burst=True` drains the queue and retur
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -27,6 +28,7 @@ from agent_platform.domain import (
     ExecutionStatus,
     RunOutcome,
     StepRecord,
+    StepType,
     StopReason,
     StoredStep,
     execution_channel,
@@ -38,7 +40,7 @@ from agent_platform.queue import jobs
 from agent_platform.runtime.agent import AgentJob, AgentRunner, Drained, StopSignal, Turn
 from agent_platform.store import repos
 from agent_platform.store.db import Database
-from agent_platform.store.event_log import notify
+from agent_platform.store.event_log import Event, notify
 from agent_platform.tools.base import TenantContext
 from agent_platform.webhooks.dispatcher import WebhookDispatcher
 
@@ -197,14 +199,11 @@ class Worker:
         try:
             job = await self._job(execution)
 
-            def on_step(step: StepRecord) -> None:
-                future = asyncio.run_coroutine_threadsafe(self._record(execution, step), loop)
-                future.result()
-
+            writer = _StepWriter(self, execution, loop)
             run = loop.run_in_executor(
                 self._threads,
                 lambda: self.runner.run(
-                    job, on_step, stop, deadline=time.monotonic() + remaining_s
+                    job, writer.write, stop, deadline=time.monotonic() + remaining_s
                 ),
             )
             waiter = asyncio.ensure_future(stopped.wait())
@@ -221,7 +220,9 @@ class Worker:
                     run.add_done_callback(_ignore_result)
                     await self._finish(execution, outcome)
                     return
-            await self._finish(execution, await run)
+            outcome = await run
+            await writer.flush()
+            await self._finish(execution, outcome, final_step=writer.final_step)
         except LeaseLost:
             log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
         except Drained:
@@ -281,9 +282,19 @@ class Worker:
         if event is not None:
             await notify(self.bus, execution.id, [event])
 
-    async def _finish(self, execution: Execution, outcome: RunOutcome) -> None:
+    async def _finish(
+        self, execution: Execution, outcome: RunOutcome, *, final_step: StepRecord | None = None
+    ) -> None:
+        """The final answer step (if any) and the end, in one transaction."""
+        events: list[Event] = []
         async with self.db.begin() as conn:
-            events = await jobs.finish(conn, execution, outcome, now=utcnow())
+            now = utcnow()
+            if final_step is not None:
+                step_event = await jobs.record_step(
+                    conn, execution, final_step, lease_s=self.settings.lease_s, now=now
+                )
+                events.extend([step_event] if step_event else [])
+            events.extend(await jobs.finish(conn, execution, outcome, now=now))
         await notify(self.bus, execution.id, events)
         if execution.webhook_url:
             self.webhooks.notify()
@@ -315,6 +326,43 @@ class Worker:
                 return
             if cancel:  # the database flag: the fallback when the Redis signal was lost
                 stop.set(StopReason.CANCELLED)
+
+
+class _StepWriter:
+    """The agent thread's step sink. A "model answered" (partial) record is written without
+    making the agent wait; the next write waits for it, so rows stay in order and a lost
+    lease still stops the agent at its next step. The final-answer step is kept for the
+    transaction that ends the execution."""
+
+    def __init__(self, worker: Worker, execution: Execution, loop: asyncio.AbstractEventLoop):
+        self.worker = worker
+        self.execution = execution
+        self.loop = loop
+        self.pending: concurrent.futures.Future[None] | None = None
+        self.final_step: StepRecord | None = None
+
+    def write(self, step: StepRecord) -> None:
+        if step.type is StepType.FINAL_ANSWER:
+            self.final_step = step
+            return
+        self._wait_pending()
+        future = asyncio.run_coroutine_threadsafe(
+            self.worker._record(self.execution, step), self.loop
+        )
+        if step.partial:
+            self.pending = future
+        else:
+            future.result()
+
+    def _wait_pending(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    async def flush(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            await asyncio.wrap_future(pending)
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:
