@@ -36,14 +36,7 @@ RUNNING = ExecutionStatus.RUNNING.value
 QUEUED = ExecutionStatus.QUEUED.value
 
 
-def _fenced(execution_id: str, attempt: int) -> ColumnElement[bool]:
-    return and_(
-        executions.c.id == execution_id,
-        executions.c.attempt == attempt,
-        executions.c.status == RUNNING,
-    )
-
-
+# Every write by a worker: this execution, this attempt, still running.
 _FENCE = and_(
     executions.c.id == bindparam("eid"),
     executions.c.attempt == bindparam("b_attempt"),
@@ -117,6 +110,17 @@ _STEP_COMPLETE = (
     )
     .values({name: bindparam(f"v_{name}") for name in _STEP_FIELDS})
 )
+_HEARTBEAT = (
+    update(executions)
+    .where(_FENCE)
+    .values(lease_until=bindparam("b_lease_until"))
+    .returning(executions.c.cancel_requested_at)
+)
+_RELEASE = (
+    update(executions)
+    .where(_FENCE)
+    .values(status=QUEUED, worker_id=None, lease_until=None, updated_at=bindparam("now"))
+)
 _FINISH = (
     update(executions)
     .where(_FENCE)
@@ -171,10 +175,12 @@ async def heartbeat(
     """Extend the lease. Returns (still ours, cancel requested)."""
     row = (
         await conn.execute(
-            update(executions)
-            .where(_fenced(execution_id, attempt))
-            .values(lease_until=now + timedelta(seconds=lease_s))
-            .returning(executions.c.cancel_requested_at)
+            _HEARTBEAT,
+            {
+                "eid": execution_id,
+                "b_attempt": attempt,
+                "b_lease_until": now + timedelta(seconds=lease_s),
+            },
         )
     ).first()
     if row is None:
@@ -315,9 +321,7 @@ async def release(conn: AsyncConnection, execution: Execution, *, now: datetime)
 
     The next claim bumps `attempt` and resumes after the steps recorded so far."""
     result = await conn.execute(
-        update(executions)
-        .where(_fenced(execution.id, execution.attempt))
-        .values(status=QUEUED, worker_id=None, lease_until=None, updated_at=now)
+        _RELEASE, {"eid": execution.id, "b_attempt": execution.attempt, "now": now}
     )
     if result.rowcount != 1:
         return False
