@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.close()
             keep_logs(Path(tmp) / "logs", args.out / "logs")
+            keep_logs(Path(tmp) / "profile", args.out / "profile")
     results = bench.results
     results["run"] = {
         "id": rid,
@@ -212,7 +213,7 @@ def source_state() -> dict[str, Any]:
 
 
 def keep_logs(src: Path, dest: Path) -> None:
-    """The processes' logs outlive the temporary run directory (for post-mortems)."""
+    """Logs and raw profiles outlive the temporary run directory (for post-mortems)."""
     shutil.rmtree(dest, ignore_errors=True)
     if src.is_dir():
         shutil.copytree(src, dest)

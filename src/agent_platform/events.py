@@ -35,7 +35,7 @@ class EventBus(Protocol):
     def subscribe(
         self, channel: str
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]: ...
-    async def append(self, stream: str, message: dict[str, Any]) -> None: ...
+    async def append(self, stream: str, *messages: dict[str, Any]) -> None: ...
     async def tail(self, stream: str) -> str: ...
     async def read(
         self, stream: str, after_id: str, timeout_s: float
@@ -95,11 +95,12 @@ class InMemoryBus:
                 self._streams.popitem(last=False)
         return stream
 
-    async def append(self, stream: str, message: dict[str, Any]) -> None:
+    async def append(self, stream: str, *messages: dict[str, Any]) -> None:
         s = self._stream(stream)
         async with s.changed:
-            s.entries.append((s.next_id, message))
-            s.next_id += 1
+            for message in messages:
+                s.entries.append((s.next_id, message))
+                s.next_id += 1
             del s.entries[:-STREAM_MAXLEN]
             s.changed.notify_all()
 
@@ -199,11 +200,14 @@ class RedisBus:
                     with contextlib.suppress(Exception):
                         await self._pubsub.unsubscribe(self._prefix + channel)
 
-    async def append(self, stream: str, message: dict[str, Any]) -> None:
+    async def append(self, stream: str, *messages: dict[str, Any]) -> None:
         key = self._prefix + stream
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {"m": orjson.dumps(message)}, maxlen=STREAM_MAXLEN, approximate=True)
+                for message in messages:
+                    pipe.xadd(
+                        key, {"m": orjson.dumps(message)}, maxlen=STREAM_MAXLEN, approximate=True
+                    )
                 pipe.expire(key, STREAM_TTL_S)
                 await pipe.execute()
         except Exception as exc:  # best effort: readers also poll the database

@@ -23,6 +23,7 @@ from agent_platform.errors import LeaseLost
 from agent_platform.queue import jobs
 from agent_platform.store import migrate, repos
 from agent_platform.store.db import Database
+from agent_platform.store.event_log import EventType
 
 TENANT = "tenant-q"
 
@@ -58,7 +59,7 @@ def step(n: int) -> StepRecord:
 
 async def claim(db: Database, worker: str, limit: int = 1) -> list[Execution]:
     async with db.begin() as conn:
-        return await jobs.claim(
+        claimed = await jobs.claim(
             conn,
             worker_id=worker,
             limit=limit,
@@ -66,6 +67,11 @@ async def claim(db: Database, worker: str, limit: int = 1) -> list[Execution]:
             now=utcnow(),
             is_postgres=not db.is_sqlite,
         )
+    for ex, events in claimed:  # each claim announces `running` with the event it wrote
+        assert [(e.type, e.data["status"], e.data["attempt"]) for e in events] == [
+            (EventType.STATUS, "running", ex.attempt)
+        ]
+    return [ex for ex, _ in claimed]
 
 
 async def expire_and_reap(db: Database) -> tuple[list[str], list[str]]:

@@ -26,7 +26,7 @@ from agent_platform.domain import (
     StopReason,
 )
 from agent_platform.errors import LeaseLost
-from agent_platform.store import event_log
+from agent_platform.store import event_log, fastpath
 from agent_platform.store.event_log import Event, EventType
 from agent_platform.store.repos import execution_from_row
 from agent_platform.store.tables import executions, steps
@@ -147,9 +147,11 @@ async def claim(
     lease_s: float,
     now: datetime,
     is_postgres: bool,
-) -> list[Execution]:
-    """Atomically take up to `limit` queued executions, oldest first."""
-    result = await conn.execute(
+) -> list[tuple[Execution, list[Event]]]:
+    """Atomically take up to `limit` queued executions, oldest first; each with the `running`
+    event written beside it (to announce once committed)."""
+    result = await fastpath.execute(
+        conn,
         _CLAIM[is_postgres],
         {
             "limit": limit,
@@ -161,11 +163,10 @@ async def claim(
     claimed = []
     for row in result:
         ex = execution_from_row(row)
-        claimed.append(ex)
         numbered = event_log.status_events(
             row._mapping["event_seq"], RUNNING, final=False, attempt=ex.attempt
         )
-        await event_log.store(conn, ex.id, ex.tenant_id, numbered, now=now)
+        claimed.append((ex, await event_log.store(conn, ex.id, ex.tenant_id, numbered, now=now)))
     return claimed
 
 
@@ -174,7 +175,8 @@ async def heartbeat(
 ) -> tuple[bool, bool]:
     """Extend the lease. Returns (still ours, cancel requested)."""
     row = (
-        await conn.execute(
+        await fastpath.execute(
+            conn,
             _HEARTBEAT,
             {
                 "eid": execution_id,
@@ -205,7 +207,8 @@ async def record_step(
     values["type"] = step.type.value
     completed_partial = False
     if not step.partial:
-        done = await conn.execute(
+        done = await fastpath.execute(
+            conn,
             _STEP_COMPLETE,
             {
                 "eid": execution.id,
@@ -217,7 +220,8 @@ async def record_step(
         completed_partial = done.rowcount == 1  # its tokens were counted when it was partial
     counted = completed_partial
     seq = (
-        await conn.execute(
+        await fastpath.execute(
+            conn,
             _STEP_FENCE,
             {
                 "eid": execution.id,
@@ -233,7 +237,8 @@ async def record_step(
     if seq is None:
         raise LeaseLost(execution.id)
     if not completed_partial:
-        await conn.execute(
+        await fastpath.execute(
+            conn,
             _STEP_INSERT,
             {
                 "execution_id": execution.id,
@@ -269,7 +274,8 @@ async def finish(
 ) -> list[Event]:
     """Write the final status and result, fenced by attempt."""
     seq = (
-        await conn.execute(
+        await fastpath.execute(
+            conn,
             _FINISH,
             {
                 "eid": execution.id,
@@ -320,8 +326,8 @@ async def release(conn: AsyncConnection, execution: Execution, *, now: datetime)
     """Give the execution back to the queue (graceful drain), fenced by attempt.
 
     The next claim bumps `attempt` and resumes after the steps recorded so far."""
-    result = await conn.execute(
-        _RELEASE, {"eid": execution.id, "b_attempt": execution.attempt, "now": now}
+    result = await fastpath.execute(
+        conn, _RELEASE, {"eid": execution.id, "b_attempt": execution.attempt, "now": now}
     )
     if result.rowcount != 1:
         return False

@@ -169,8 +169,10 @@ class Worker:
                 now=utcnow(),
                 is_postgres=not self.db.is_sqlite,
             )
-        for execution in claimed:
-            task = asyncio.create_task(self._execute(execution), name=f"exec-{execution.id}")
+        for execution, events in claimed:
+            task = asyncio.create_task(
+                self._execute(execution, events), name=f"exec-{execution.id}"
+            )
             self.active[execution.id] = task
             task.add_done_callback(lambda _t, eid=execution.id: self._done(eid))
         return len(claimed)
@@ -181,13 +183,13 @@ class Worker:
         self._claimed.pop(execution_id, None)
         self._wake.set()
 
-    async def _execute(self, execution: Execution) -> None:
+    async def _execute(self, execution: Execution, claimed_events: list[Event]) -> None:
         loop = asyncio.get_running_loop()
         stop = self._signals[execution.id] = StopSignal()
         self._claimed[execution.id] = execution
         stopped = asyncio.Event()
         stop.on_set(lambda _reason: loop.call_soon_threadsafe(stopped.set))
-        await self.bus.append(execution_channel(execution.id), {"type": "status"})
+        await notify(self.bus, execution.id, claimed_events)
         if self._stopping.is_set():
             stop.set(StopReason.DRAIN)
         if execution.cancel_requested_at is not None:

@@ -489,8 +489,6 @@ class _Session:
                 return proto.EXIT_PROTOCOL
 
     def set_tools(self, specs: Any) -> None:
-        from smolagents.default_tools import FinalAnswerTool
-
         if not isinstance(specs, list):
             os._exit(proto.EXIT_PROTOCOL)
         tools: dict[str, Any] = {}
@@ -499,7 +497,7 @@ class _Session:
             if not isinstance(name, str):
                 os._exit(proto.EXIT_PROTOCOL)
             if name == "final_answer" and spec.get("local"):
-                tools[name] = FinalAnswerTool()
+                tools[name] = _final_answer
             else:
                 tools[name] = self.make_proxy(name, spec)
         self.executor.send_tools(tools)
@@ -676,6 +674,45 @@ def _disable_dotenv() -> None:
 
     dotenv.load_dotenv = _no_dotenv
     dotenv.main.load_dotenv = _no_dotenv
+
+
+def _load_interpreter() -> None:
+    """Import smolagents' interpreter without the agent framework around it.
+
+    ``import smolagents`` pulls in the agents, models, rich, huggingface_hub and requests (about
+    600 modules, 53 MB); the interpreter needs none of them.  Registering the package without
+    running its ``__init__`` and giving ``local_python_executor`` the one name it takes from
+    ``smolagents.tools`` (``Tool``, used in annotations only) halves the zygote's memory, and
+    every child's fork, copy-on-write faults and exit cost fall with it.  smolagents is pinned
+    to a minor release, whose module layout this relies on.
+    """
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("smolagents")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("smolagents is not installed")
+    package = types.ModuleType("smolagents")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    sys.modules.setdefault("smolagents", package)
+    if "smolagents.tools" not in sys.modules:
+        tools = types.ModuleType("smolagents.tools")
+        tools.Tool = object  # type: ignore[attr-defined]
+        sys.modules["smolagents.tools"] = tools
+    import smolagents.local_python_executor  # noqa: F401
+
+
+def _final_answer(*args: Any, **kwargs: Any) -> Any:
+    """smolagents' ``FinalAnswerTool`` called as a tool: ``final_answer(x)``,
+    ``final_answer(answer=x)`` or ``final_answer({"answer": x})``; returns ``x``."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], dict) and set(args[0]) == {"answer"}:
+        return args[0]["answer"]
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    if not args and set(kwargs) == {"answer"}:
+        return kwargs["answer"]
+    raise TypeError("final_answer() takes exactly one argument: the answer")
 
 
 def _preload(cfg: dict[str, Any]) -> list[str]:
@@ -1012,8 +1049,7 @@ def zygote_main(argv: list[str] | None = None) -> None:
             sys.path.insert(0, path)
     _sanitize_environ(cfg["env"])
     _disable_dotenv()
-    import smolagents  # noqa: F401  (pre-import: children fork with it loaded)
-    from smolagents import default_tools, local_python_executor  # noqa: F401
+    _load_interpreter()
 
     _sanitize_environ(cfg["env"])  # whatever importing may have added
     failed = _preload(cfg)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import execution_channel
 from agent_platform.events import EventBus
+from agent_platform.store import fastpath
 from agent_platform.store.repos import as_utc
 from agent_platform.store.tables import events, executions
 
@@ -48,7 +49,7 @@ _NEXT_SEQ = (
 async def reserve(conn: AsyncConnection, execution_id: str, count: int) -> int:
     """Take `count` event numbers; returns the last. Writers whose own UPDATE of the
     execution row already bumps `event_seq` skip this (one statement fewer)."""
-    result = await conn.execute(_NEXT_SEQ, {"eid": execution_id, "n": count})
+    result = await fastpath.execute(conn, _NEXT_SEQ, {"eid": execution_id, "n": count})
     return int(result.scalar_one())
 
 
@@ -62,7 +63,8 @@ async def store(
 ) -> list[Event]:
     """Insert already-numbered events in one statement; call inside the transaction that
     made the change."""
-    await conn.execute(
+    await fastpath.execute_many(
+        conn,
         _INSERT,
         [
             {
@@ -147,9 +149,12 @@ async def after(
 
 async def notify(bus: EventBus, execution_id: str, appended: list[Event]) -> None:
     """After commit: tell live readers (SSE streams, waiting requests) what was appended."""
+    if not appended:
+        return
+    await bus.append(
+        execution_channel(execution_id),
+        *({"seq": event.seq, "type": event.type.value} for event in appended),
+    )
     for event in appended:
-        await bus.append(
-            execution_channel(execution_id), {"seq": event.seq, "type": event.type.value}
-        )
         if event.type is EventType.DONE:
             await bus.publish(execution_channel(execution_id), dict(event.data))

@@ -10,10 +10,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
+from agent_platform.store import fastpath
 from agent_platform.store.tables import executions, steps
 
 
@@ -88,9 +89,22 @@ def parse_id(value: str) -> str | None:
         return None
 
 
+_INSERT_EXECUTION = executions.insert()
+_GET_EXECUTION = select(executions).where(
+    executions.c.id == bindparam("eid"), executions.c.tenant_id == bindparam("tid")
+)
+_LIST_STEPS = (
+    select(steps)
+    .where(steps.c.execution_id == bindparam("eid"), steps.c.tenant_id == bindparam("tid"))
+    .order_by(steps.c.attempt, steps.c.step)
+)
+
+
 async def insert_execution(conn: AsyncConnection, ex: Execution) -> None:
-    await conn.execute(
-        executions.insert().values(
+    await fastpath.execute(
+        conn,
+        _INSERT_EXECUTION,
+        dict(
             id=ex.id,
             tenant_id=ex.tenant_id,
             status=ex.status.value,
@@ -111,7 +125,7 @@ async def insert_execution(conn: AsyncConnection, ex: Execution) -> None:
             webhook_url=ex.webhook_url,
             webhook_steps=ex.webhook_steps,
             idempotency_key=ex.idempotency_key,
-        )
+        ),
     )
 
 
@@ -119,11 +133,7 @@ async def get_execution(
     conn: AsyncConnection, tenant_id: str, execution_id: str, *, with_steps: bool = True
 ) -> Execution | None:
     row = (
-        await conn.execute(
-            select(executions).where(
-                executions.c.id == execution_id, executions.c.tenant_id == tenant_id
-            )
-        )
+        await fastpath.execute(conn, _GET_EXECUTION, {"eid": execution_id, "tid": tenant_id})
     ).first()
     if row is None:
         return None
@@ -169,12 +179,15 @@ async def get_status(conn: AsyncConnection, tenant_id: str, execution_id: str) -
 async def list_steps(
     conn: AsyncConnection, tenant_id: str, execution_id: str, *, attempt: int | None = None
 ) -> list[StoredStep]:
+    if attempt is None:
+        rows = await fastpath.execute(conn, _LIST_STEPS, {"eid": execution_id, "tid": tenant_id})
+        return [step_from_row(r) for r in rows]
     query = select(steps).where(
-        steps.c.execution_id == execution_id, steps.c.tenant_id == tenant_id
+        steps.c.execution_id == execution_id,
+        steps.c.tenant_id == tenant_id,
+        steps.c.attempt == attempt,
     )
-    if attempt is not None:
-        query = query.where(steps.c.attempt == attempt)
-    rows = await conn.execute(query.order_by(steps.c.attempt, steps.c.step))
+    rows = await conn.execute(query.order_by(steps.c.step))
     return [step_from_row(r) for r in rows]
 
 
