@@ -7,7 +7,8 @@ import ipaddress
 import logging
 import signal
 import sys
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import typer
 
@@ -151,7 +152,18 @@ def worker(
     """Run a worker: claims queued executions and runs their agents."""
     settings = _settings()
     _logging(settings)
-    asyncio.run(_run_worker(settings, concurrency, burst, grace))
+    _run_loop(_run_worker(settings, concurrency, burst, grace))
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """`asyncio.run` on uvloop where it is installed (uvicorn[standard] brings it, as the
+    api's loop): the worker lives on many small I/O callbacks and thread hand-offs."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 async def _run_worker(

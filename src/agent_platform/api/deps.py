@@ -1,4 +1,7 @@
-"""Named dependencies for routers: the platform's services and the caller's tenant."""
+"""Named dependencies for routers: the platform's services and the caller's tenant.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread,
+a thread hop per dependency per request for what is an attribute lookup."""
 
 from __future__ import annotations
 
@@ -13,25 +16,29 @@ from agent_platform.services.streams import ExecutionStream
 from agent_platform.tools.base import TenantContext
 
 
-def get_platform(request: Request) -> Platform:
+def _platform(request: Request) -> Platform:
     return request.app.state.platform  # type: ignore[no-any-return]
 
 
-def get_executions(request: Request) -> ExecutionService:
-    return get_platform(request).executions
+async def get_platform(request: Request) -> Platform:
+    return _platform(request)
 
 
-def get_sessions(request: Request) -> SessionService:
-    return get_platform(request).sessions
+async def get_executions(request: Request) -> ExecutionService:
+    return _platform(request).executions
 
 
-def get_streams(request: Request) -> ExecutionStream:
-    return get_platform(request).streams
+async def get_sessions(request: Request) -> SessionService:
+    return _platform(request).sessions
 
 
-def get_tenant(request: Request) -> TenantContext:
+async def get_streams(request: Request) -> ExecutionStream:
+    return _platform(request).streams
+
+
+async def get_tenant(request: Request) -> TenantContext:
     """Instance mode: the deployment's tenant, from the environment Omnistrate injects."""
-    return get_platform(request).settings.tenant
+    return _platform(request).settings.tenant
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]

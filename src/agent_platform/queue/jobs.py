@@ -11,7 +11,6 @@ and each fenced UPDATE also numbers the events it writes: a step costs three sta
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, exists, func, or_, select, update
@@ -99,7 +98,8 @@ _STEP_FENCE = (
     .returning(executions.c.event_seq)
 )
 _STEP_INSERT = steps.insert()
-_STEP_FIELDS = [name for name in StepRecord.__dataclass_fields__ if name != "step"]
+_STEP_COLUMNS = tuple(StepRecord.__dataclass_fields__)
+_STEP_FIELDS = [name for name in _STEP_COLUMNS if name != "step"]
 _STEP_COMPLETE = (
     update(steps)
     .where(
@@ -203,7 +203,7 @@ async def record_step(
     A step is written twice: `partial` when the model answers (so a crash keeps the output
     and its cost), then complete when its code has run, replacing the partial row. Returns
     the `step` event (none for a partial write)."""
-    values = asdict(step)
+    values = {name: getattr(step, name) for name in _STEP_COLUMNS}  # shallow: no deep copy
     values["type"] = step.type.value
     completed_partial = False
     if not step.partial:

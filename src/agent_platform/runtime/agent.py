@@ -7,6 +7,7 @@ per tool set, which is most of smolagents' per-run cost.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import time
@@ -324,6 +325,15 @@ def _outcome_for_error(exc: BaseException, stop: StopSignal) -> RunOutcome:
 
 class _StepRecorder:
     """smolagents step callback: memory step → StepRecord → sink; then checks the stop signal."""
+
+    # smolagents calls inspect.signature() on every callback at every step to decide whether
+    # to pass keyword arguments; a declared signature answers that without introspection.
+    __signature__ = inspect.Signature(
+        [
+            inspect.Parameter("memory_step", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+        ]
+    )
 
     def __init__(
         self, sink: StepSink, model: PlatformModel, broker: ToolBroker, stop: StopSignal
