@@ -198,10 +198,9 @@ class Worker:
         remaining_s = execution.timeout_s - (utcnow() - started).total_seconds()
         timer = loop.call_later(max(0.0, remaining_s), stop.set, StopReason.TIMEOUT)
         heartbeat = asyncio.create_task(self._heartbeat(execution, stop))
+        writer = _StepWriter(self, execution, loop)
         try:
             job = await self._job(execution)
-
-            writer = _StepWriter(self, execution, loop)
             run = loop.run_in_executor(
                 self._threads,
                 lambda: self.runner.run(
@@ -220,6 +219,7 @@ class Worker:
                         else RunOutcome.cancelled()
                     )
                     run.add_done_callback(_ignore_result)
+                    await writer.settle()
                     await self._finish(execution, outcome)
                     return
             outcome = await run
@@ -228,9 +228,11 @@ class Worker:
         except LeaseLost:
             log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
         except Drained:
+            await writer.settle()
             await self._release(execution)
         except Exception:
             log.exception("execution %s crashed the worker loop", execution.id)
+            await writer.settle()
             with contextlib.suppress(Exception):
                 await self._finish(
                     execution,
@@ -331,10 +333,12 @@ class Worker:
 
 
 class _StepWriter:
-    """The agent thread's step sink. A "model answered" (partial) record is written without
-    making the agent wait; the next write waits for it, so rows stay in order and a lost
-    lease still stops the agent at its next step. The final-answer step is kept for the
-    transaction that ends the execution."""
+    """The agent thread's step sink. Each record (the "model answered" partial one, then the
+    completed step) is written without making the agent wait: the write starts at once, the
+    agent goes on to its next model call, and the next write waits for the previous one, so
+    rows stay in order and a lost lease still stops the agent at its next step. Every end of
+    the execution flushes first. The final-answer step is kept for the transaction that ends
+    the execution."""
 
     def __init__(self, worker: Worker, execution: Execution, loop: asyncio.AbstractEventLoop):
         self.worker = worker
@@ -348,13 +352,9 @@ class _StepWriter:
             self.final_step = step
             return
         self._wait_pending()
-        future = asyncio.run_coroutine_threadsafe(
+        self.pending = asyncio.run_coroutine_threadsafe(
             self.worker._record(self.execution, step), self.loop
         )
-        if step.partial:
-            self.pending = future
-        else:
-            future.result()
 
     def _wait_pending(self) -> None:
         if self.pending is not None:
@@ -362,9 +362,15 @@ class _StepWriter:
             pending.result()
 
     async def flush(self) -> None:
+        """Wait for the last write; raises what it raised (LeaseLost)."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
             await asyncio.wrap_future(pending)
+
+    async def settle(self) -> None:
+        """Wait for the last write on the way out of an execution that ends anyway."""
+        with contextlib.suppress(Exception):
+            await self.flush()
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:
