@@ -17,11 +17,12 @@ from agent_platform.domain import (
     RunOutcome,
     StepRecord,
     StepType,
+    StopReason,
     utcnow,
 )
 from agent_platform.errors import LeaseLost
 from agent_platform.queue import jobs
-from agent_platform.store import migrate, repos
+from agent_platform.store import event_log, migrate, repos
 from agent_platform.store.db import Database
 from agent_platform.store.event_log import EventType
 
@@ -154,3 +155,128 @@ async def test_tenant_filter_hides_other_tenants(db: Database) -> None:
         assert (await repos.list_executions(conn, "someone-else", status=None, limit=10, offset=0))[
             1
         ] == 0
+
+
+async def _run_through(db: Database, execution: Execution, *, one_statement: bool) -> None:
+    """A 2-step execution written as the worker writes it: `claim_work`, `write_step`, `end`
+    (one statement each on PostgreSQL), or the transactional functions they stand for."""
+    now = utcnow()
+    partial = StepRecord(
+        step=1, type=StepType.ACTION, started_at=now, duration_ms=0, model_output="m1",
+        input_tokens=10, output_tokens=5, partial=True,
+    )  # fmt: skip
+    done = StepRecord(
+        step=1, type=StepType.ACTION, started_at=now, duration_ms=7, model_output="m1",
+        code="x = 1", observation="ok", tool_calls=[{"name": "t", "arguments": {"a": 1}}],
+        input_tokens=10, output_tokens=5,
+    )  # fmt: skip
+    second = StepRecord(
+        step=2, type=StepType.ACTION, started_at=now, duration_ms=0, model_output="m2",
+        input_tokens=20, output_tokens=6, partial=True,
+    )  # fmt: skip
+    final = StepRecord(
+        step=3, type=StepType.FINAL_ANSWER, started_at=now, duration_ms=0, final_answer="42"
+    )
+    outcome = RunOutcome(
+        ExecutionStatus.COMPLETED, result="42", stop_reason=StopReason.FINAL_ANSWER
+    )
+    if one_statement:
+        ((claimed, claim_events),) = await jobs.claim_work(
+            db, worker_id="w", limit=1, lease_s=30, now=now
+        )
+        for record in (partial, done, second):
+            await jobs.write_step(db, claimed, record, lease_s=30, now=now)
+        ended = await jobs.end(db, claimed, outcome, final_step=final, lease_s=30, now=now)
+    else:
+        async with db.begin() as conn:
+            ((claimed, claim_events),) = await jobs.claim(
+                conn, worker_id="w", limit=1, lease_s=30, now=now, is_postgres=not db.is_sqlite
+            )
+        for record in (partial, done, second):
+            async with db.begin() as conn:
+                await jobs.record_step(conn, claimed, record, lease_s=30, now=now)
+        async with db.begin() as conn:
+            ended = [await jobs.record_step(conn, claimed, final, lease_s=30, now=now)]
+            ended += await jobs.finish(conn, claimed, outcome, now=now)
+    assert claimed.id == execution.id
+    assert [(e.seq, e.type, e.data) for e in claim_events] == [
+        (2, EventType.STATUS, {"status": "running", "attempt": 1})
+    ]
+    assert [(e.seq, e.type) for e in ended if e is not None] == [
+        (4, EventType.STEP), (5, EventType.STATUS), (6, EventType.DONE)
+    ]  # fmt: skip
+
+
+async def _stored(db: Database, execution_id: str) -> tuple[Any, ...]:
+    async with db.connect() as conn:
+        ex = await repos.get_execution(conn, TENANT, execution_id)
+        steps = await repos.list_steps(conn, TENANT, execution_id)
+        events = await event_log.after(conn, TENANT, execution_id, 0)
+    assert ex is not None
+    return (
+        (ex.status, ex.result, ex.stop_reason, ex.input_tokens, ex.output_tokens, ex.attempt),
+        [
+            (
+                s.attempt,
+                s.step,
+                s.type,
+                s.partial,
+                s.model_output,
+                s.code,
+                s.observation,
+                s.tool_calls,
+                s.final_answer,
+                s.input_tokens,
+                s.output_tokens,
+                s.duration_ms,
+            )
+            for s in steps
+        ],
+        [(e.seq, e.type, e.data) for e in events],
+    )
+
+
+async def test_worker_writes_match_the_transactional_ones(db: Database) -> None:
+    """The worker's one-statement writes leave exactly what the reference functions leave:
+    the partial row completed in place, tokens counted once, events numbered without gaps."""
+    results = []
+    for one_statement in (False, True):
+        ex = new_execution()
+        async with db.begin() as conn:
+            await repos.insert_execution(conn, ex)
+            await event_log.store(
+                conn, ex.id, TENANT, [(1, EventType.EXECUTION, {"status": "queued"})], now=utcnow()
+            )
+        await _run_through(db, ex, one_statement=one_statement)
+        results.append(await _stored(db, ex.id))
+    reference, fast = results
+    assert fast == reference
+    row, steps, events = fast
+    assert row == (ExecutionStatus.COMPLETED, "42", "final_answer", 30, 11, 1)
+    assert [(s[1], s[3]) for s in steps] == [(1, False), (2, True), (3, False)]
+    assert [seq for seq, _, _ in events] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_worker_writes_are_fenced(db: Database) -> None:
+    ex = new_execution()
+    async with db.begin() as conn:
+        await repos.insert_execution(conn, ex)
+    ((a, _),) = await jobs.claim_work(db, worker_id="a", limit=1, lease_s=30, now=utcnow())
+    await expire_and_reap(db)
+    ((b, _),) = await jobs.claim_work(db, worker_id="b", limit=1, lease_s=30, now=utcnow())
+    assert (a.attempt, b.attempt) == (1, 2)
+    with pytest.raises(LeaseLost):
+        await jobs.write_step(db, a, step(1), lease_s=30, now=utcnow())
+    with pytest.raises(LeaseLost):
+        await jobs.end(
+            db, a, RunOutcome(ExecutionStatus.COMPLETED, result="stale"), final_step=None,
+            lease_s=30, now=utcnow(),
+        )  # fmt: skip
+    await jobs.write_step(db, b, step(1), lease_s=30, now=utcnow())
+    await jobs.end(
+        db, b, RunOutcome(ExecutionStatus.COMPLETED, result="fresh"), final_step=None,
+        lease_s=30, now=utcnow(),
+    )  # fmt: skip
+    row, steps, _ = await _stored(db, ex.id)
+    assert row[:2] == (ExecutionStatus.COMPLETED, "fresh")
+    assert [(s[0], s[1]) for s in steps] == [(2, 1)]

@@ -6,7 +6,9 @@ so a worker that lost its lease can never overwrite a newer attempt. Every state
 appends to the execution's event log in the same transaction (see `store/event_log.py`).
 
 The statements on the hot path (claim, step, finish) are built once, with bind parameters,
-and each fenced UPDATE also numbers the events it writes: a step costs three statements.
+and each fenced UPDATE also numbers the events it writes: a step costs three statements. The
+worker calls `claim_work`, `write_step` and `end`, which on PostgreSQL run each write as one
+statement (`pg_writes.py`) and elsewhere run the functions below in a transaction.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from agent_platform.domain import (
     StopReason,
 )
 from agent_platform.errors import LeaseLost
+from agent_platform.queue import pg_writes
 from agent_platform.store import event_log, fastpath
+from agent_platform.store.db import Database
 from agent_platform.store.event_log import Event, EventType
 from agent_platform.store.repos import execution_from_row
 from agent_platform.store.tables import executions, steps
@@ -380,3 +384,60 @@ async def reap(conn: AsyncConnection, *, now: datetime) -> tuple[list[str], list
             conn, str(execution_id), tenant_id, QUEUED, now=now, reason="worker_lost"
         )
     return [str(r[0]) for r in requeued], [ex.id for ex in failed]
+
+
+# -- the worker's entry points: one statement each on PostgreSQL ----------------------------
+
+
+async def claim_work(
+    db: Database, *, worker_id: str, limit: int, lease_s: float, now: datetime
+) -> list[tuple[Execution, list[Event]]]:
+    """`claim`, committed."""
+    if db.is_sqlite:
+        async with db.begin() as conn:
+            return await claim(
+                conn, worker_id=worker_id, limit=limit, lease_s=lease_s, now=now, is_postgres=False
+            )
+    params = {
+        "limit": limit,
+        "b_worker_id": worker_id,
+        "b_lease_until": now + timedelta(seconds=lease_s),
+        "now": now,
+    }
+    async with db.connect() as conn:
+        return await pg_writes.claim(conn, _CLAIM[True], params)
+
+
+async def write_step(
+    db: Database, execution: Execution, step: StepRecord, *, lease_s: float, now: datetime
+) -> Event | None:
+    """`record_step`, committed."""
+    if db.is_sqlite or (execution.webhook_steps and execution.webhook_url):
+        async with db.begin() as conn:
+            return await record_step(conn, execution, step, lease_s=lease_s, now=now)
+    async with db.connect() as conn:
+        return await pg_writes.record_step(
+            conn, execution, step, lease_until=now + timedelta(seconds=lease_s), now=now
+        )
+
+
+async def end(
+    db: Database,
+    execution: Execution,
+    outcome: RunOutcome,
+    *,
+    final_step: StepRecord | None,
+    lease_s: float,
+    now: datetime,
+) -> list[Event]:
+    """The final step (if any) and `finish`, committed together."""
+    if db.is_sqlite or execution.webhook_url:
+        async with db.begin() as conn:
+            events: list[Event] = []
+            if final_step is not None:
+                event = await record_step(conn, execution, final_step, lease_s=lease_s, now=now)
+                events.extend([event] if event else [])
+            events.extend(await finish(conn, execution, outcome, now=now))
+            return events
+    async with db.connect() as conn:
+        return await pg_writes.finish(conn, execution, outcome, final_step=final_step, now=now)

@@ -160,15 +160,13 @@ class Worker:
         free = self.concurrency - len(self.active)
         if free <= 0:
             return 0
-        async with self.db.begin() as conn:
-            claimed = await jobs.claim(
-                conn,
-                worker_id=self.worker_id,
-                limit=free,
-                lease_s=self.settings.lease_s,
-                now=utcnow(),
-                is_postgres=not self.db.is_sqlite,
-            )
+        claimed = await jobs.claim_work(
+            self.db,
+            worker_id=self.worker_id,
+            limit=free,
+            lease_s=self.settings.lease_s,
+            now=utcnow(),
+        )
         for execution, events in claimed:
             task = asyncio.create_task(
                 self._execute(execution, events), name=f"exec-{execution.id}"
@@ -279,10 +277,9 @@ class Worker:
         )
 
     async def _record(self, execution: Execution, step: StepRecord) -> None:
-        async with self.db.begin() as conn:
-            event = await jobs.record_step(
-                conn, execution, step, lease_s=self.settings.lease_s, now=utcnow()
-            )
+        event = await jobs.write_step(
+            self.db, execution, step, lease_s=self.settings.lease_s, now=utcnow()
+        )
         if event is not None:
             await notify(self.bus, execution.id, [event])
 
@@ -290,15 +287,14 @@ class Worker:
         self, execution: Execution, outcome: RunOutcome, *, final_step: StepRecord | None = None
     ) -> None:
         """The final answer step (if any) and the end, in one transaction."""
-        events: list[Event] = []
-        async with self.db.begin() as conn:
-            now = utcnow()
-            if final_step is not None:
-                step_event = await jobs.record_step(
-                    conn, execution, final_step, lease_s=self.settings.lease_s, now=now
-                )
-                events.extend([step_event] if step_event else [])
-            events.extend(await jobs.finish(conn, execution, outcome, now=now))
+        events = await jobs.end(
+            self.db,
+            execution,
+            outcome,
+            final_step=final_step,
+            lease_s=self.settings.lease_s,
+            now=utcnow(),
+        )
         await notify(self.bus, execution.id, events)
         if execution.webhook_url:
             self.webhooks.notify()

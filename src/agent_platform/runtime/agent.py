@@ -23,6 +23,7 @@ import yaml
 from smolagents import CodeAgent, LogLevel
 from smolagents.local_python_executor import LocalPythonExecutor, PythonExecutor
 from smolagents.memory import ActionStep, FinalAnswerStep, PlanningStep, TaskStep
+from smolagents.monitoring import AgentLogger
 from smolagents.utils import AgentError, AgentMaxStepsError
 
 from agent_platform.domain import (
@@ -124,6 +125,39 @@ def _prompt_templates() -> dict[str, Any]:
 _system_prompts: dict[tuple[str, ...], str] = {}
 
 
+class _SilentLogger(AgentLogger):
+    """smolagents builds its rich renderables (syntax-highlighted code, rules, panels) before it
+    looks at the log level, and a logger per agent builds a rich Console. Steps are recorded
+    by the platform, so one shared logger that does nothing serves every agent."""
+
+    def __init__(self) -> None:
+        super().__init__(level=LogLevel.OFF)
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_error(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_markdown(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_code(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_rule(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_task(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_messages(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_SILENT_LOGGER = _SilentLogger()
+
+
 class PlatformCodeAgent(CodeAgent):
     """CodeAgent with a cached system prompt and provider errors that are not swallowed."""
 
@@ -179,6 +213,7 @@ class AgentRunner:
             executor=self.executor_factory(job.execution_id),
             max_steps=job.max_steps,
             verbosity_level=LogLevel.OFF,
+            logger=_SILENT_LOGGER,
             step_callbacks={
                 ActionStep: recorder,
                 PlanningStep: recorder,

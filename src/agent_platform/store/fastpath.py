@@ -26,11 +26,11 @@ from sqlalchemy.engine import Result
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
 
-_COMPILED: dict[tuple[int, frozenset[str]], _Compiled] = {}
+_COMPILED: dict[tuple[int, frozenset[str]], Compiled] = {}
 
 
 @dataclass(frozen=True)
-class _Compiled:
+class Compiled:
     statement: Executable  # held, so its id() is not reused while cached
     sql: str
     names: tuple[str, ...]
@@ -85,13 +85,16 @@ class Rows:
         return self._rows[0][0]
 
 
-def _compile(conn: AsyncConnection, statement: Executable, keys: frozenset[str]) -> _Compiled:
+def compile_statement(
+    conn: AsyncConnection, statement: Executable, keys: frozenset[str]
+) -> Compiled:
+    """`statement` as asyncpg SQL for these parameter names (cached)."""
     cache_key = (id(statement), keys)
     compiled = _COMPILED.get(cache_key)
     if compiled is None or compiled.statement is not statement:
         sa = statement.compile(dialect=conn.dialect, column_keys=sorted(keys))  # type: ignore[attr-defined]
         names = tuple(sa.positiontup or ())
-        compiled = _Compiled(
+        compiled = Compiled(
             statement=statement,
             sql=sa.string,
             names=names,
@@ -122,7 +125,7 @@ async def execute(
     if conn.dialect.name != "postgresql":
         return await conn.execute(statement, dict(params or {}))
     params = params or {}
-    compiled = _compile(conn, statement, frozenset(params))
+    compiled = compile_statement(conn, statement, frozenset(params))
     adapter, driver = await _driver(conn)
     try:
         if getattr(statement, "_returning", None) or getattr(statement, "is_select", False):
@@ -147,10 +150,27 @@ async def execute_many(
     if len(rows) == 1:
         await execute(conn, statement, rows[0])
         return
-    compiled = _compile(conn, statement, frozenset(rows[0]))
+    compiled = compile_statement(conn, statement, frozenset(rows[0]))
     adapter, driver = await _driver(conn)
     try:
         await driver.executemany(compiled.sql, [compiled.args(r) for r in rows])
     except Exception as error:
         adapter._handle_exception(error)
         raise
+
+
+async def fetch(conn: AsyncConnection, sql: str, *args: Any) -> list[Any]:
+    """PostgreSQL only: run asyncpg SQL, return its records. Outside a transaction that
+    SQLAlchemy began, the statement commits on its own (one round trip)."""
+    adapter, driver = await _driver(conn)
+    try:
+        return await driver.fetch(sql, *args)  # type: ignore[no-any-return]
+    except Exception as error:
+        adapter._handle_exception(error)
+        raise
+
+
+async def fetchval(conn: AsyncConnection, sql: str, *args: Any) -> Any:
+    """`fetch`, first column of the first row (None when there is none)."""
+    records = await fetch(conn, sql, *args)
+    return records[0][0] if records else None

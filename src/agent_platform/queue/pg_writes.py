@@ -1,0 +1,214 @@
+"""The worker's writes on PostgreSQL, one statement each.
+
+`jobs.py` writes a step in one transaction of three statements, and ends an execution with
+five; with BEGIN and COMMIT an execution costs about 24 round trips. Here each write is one
+statement whose data-modifying CTEs do the same work (fence and lease, the step row, token
+counts, the numbered event), atomic without an explicit transaction: 5 round trips per
+execution, and a fraction of the CPU on both sides. The semantics are those of `jobs.py`,
+which remains the implementation on SQLite and wherever a webhook delivery is enqueued in
+the same transaction; the worker tests run both.
+
+Every CTE sees the same snapshot: `prior` (the step's partial row) is read before `fence`
+changes anything, which is what decides whether the step's tokens were already counted.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.base import Executable
+
+from agent_platform.domain import Execution, RunOutcome, StepRecord
+from agent_platform.errors import LeaseLost
+from agent_platform.store import event_log, fastpath
+from agent_platform.store.event_log import Event, EventType
+from agent_platform.store.repos import execution_from_row
+
+_STEP_VALUES = """$5::int, $6::varchar, $7::timestamptz, $8::int, $9::text, $10::text,
+    $11::text, $12::text, $13::json, $14::text, $15::int, $16::int, $17::int, $18::text,
+    $19::text, $20::bool"""
+_STEP_COLUMNS = """step, type, started_at, duration_ms, model_output, thought, code, observation,
+    tool_calls, error, input_tokens, output_tokens, retries, final_answer, note, partial"""
+_STEP_SET = """type = $6::varchar, started_at = $7::timestamptz, duration_ms = $8::int,
+    model_output = $9::text, thought = $10::text, code = $11::text, observation = $12::text,
+    tool_calls = $13::json, error = $14::text, input_tokens = $15::int, output_tokens = $16::int,
+    retries = $17::int, final_answer = $18::text, note = $19::text, partial = $20::bool"""
+
+# $1 execution id, $2 attempt, $3 lease until, $4 now, $5..$20 the step, $21 the step event's
+# data (NULL for a partial write, which has no event).
+RECORD_STEP = f"""
+WITH prior AS (
+    SELECT 1 FROM steps
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
+      AND NOT $20::bool
+), fence AS (
+    UPDATE executions SET
+        lease_until = $3::timestamptz,
+        updated_at = $4::timestamptz,
+        input_tokens = input_tokens
+            + CASE WHEN EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $15::int END,
+        output_tokens = output_tokens
+            + CASE WHEN EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $16::int END,
+        event_seq = event_seq + CASE WHEN $20::bool THEN 0 ELSE 1 END
+    WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
+    RETURNING event_seq, tenant_id
+), completed AS (
+    UPDATE steps SET {_STEP_SET}
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
+      AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
+), inserted AS (
+    INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
+    SELECT $1::uuid, fence.tenant_id, $2::int, {_STEP_VALUES}
+    FROM fence WHERE NOT EXISTS (SELECT 1 FROM prior)
+), event AS (
+    INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
+    SELECT $1::uuid, fence.event_seq, fence.tenant_id, 'step', $21::json, $4::timestamptz
+    FROM fence WHERE NOT $20::bool
+)
+SELECT event_seq FROM fence
+"""
+
+# As RECORD_STEP for the final step ($22: is there one; $3 is NULL: the lease ends), then the
+# end: $23 status, $24 result, $25 error, $26 error code, $27 stop reason; events ($21 step,
+# $28 status, $29 done).
+FINISH = f"""
+WITH prior AS (
+    SELECT 1 FROM steps
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
+      AND $22::bool
+), fence AS (
+    UPDATE executions SET
+        status = $23::varchar,
+        result = $24::text,
+        error = $25::text,
+        error_code = $26::varchar,
+        stop_reason = $27::varchar,
+        completed_at = $4::timestamptz,
+        lease_until = $3::timestamptz,
+        updated_at = $4::timestamptz,
+        input_tokens = input_tokens
+            + CASE WHEN NOT $22::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $15::int END,
+        output_tokens = output_tokens
+            + CASE WHEN NOT $22::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $16::int END,
+        event_seq = event_seq + CASE WHEN $22::bool THEN 3 ELSE 2 END
+    WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
+    RETURNING event_seq, tenant_id
+), completed AS (
+    UPDATE steps SET {_STEP_SET}
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
+      AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
+), inserted AS (
+    INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
+    SELECT $1::uuid, fence.tenant_id, $2::int, {_STEP_VALUES}
+    FROM fence WHERE $22::bool AND NOT EXISTS (SELECT 1 FROM prior)
+), event AS (
+    INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
+    SELECT $1::uuid, fence.event_seq - v.back, fence.tenant_id, v.type, v.data, $4::timestamptz
+    FROM fence, (VALUES (2, 'step', $21::json), (1, 'status', $28::json), (0, 'done', $29::json))
+        AS v (back, type, data)
+    WHERE $22::bool OR v.type <> 'step'
+)
+SELECT event_seq FROM fence
+"""
+
+_EMPTY_STEP: list[Any] = [0, "action", None, 0, None, None, None, None, "[]", None, 0, 0, 0, None,
+                          None, False]  # fmt: skip
+
+
+def _step_args(step: StepRecord) -> list[Any]:
+    return [
+        step.step, step.type.value, step.started_at, step.duration_ms, step.model_output,
+        step.thought, step.code, step.observation, json.dumps(step.tool_calls), step.error,
+        step.input_tokens, step.output_tokens, step.retries, step.final_answer, step.note,
+        step.partial,
+    ]  # fmt: skip
+
+
+def _step_event(step: StepRecord, attempt: int) -> dict[str, Any]:
+    return {"step": step.step, "attempt": attempt}
+
+
+async def record_step(
+    conn: AsyncConnection, execution: Execution, step: StepRecord, *, lease_until: datetime,
+    now: datetime,
+) -> Event | None:  # fmt: skip
+    """`jobs.record_step` in one statement."""
+    data = None if step.partial else _step_event(step, execution.attempt)
+    seq = await fastpath.fetchval(
+        conn,
+        RECORD_STEP,
+        execution.id, execution.attempt, lease_until, now, *_step_args(step),
+        None if data is None else json.dumps(data),
+    )  # fmt: skip
+    if seq is None:
+        raise LeaseLost(execution.id)
+    if data is None:
+        return None
+    return Event(seq=seq, type=EventType.STEP, data=data, created_at=now)
+
+
+async def finish(
+    conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *,
+    final_step: StepRecord | None, now: datetime,
+) -> list[Event]:  # fmt: skip
+    """`jobs.record_step` (the final step, if any) and `jobs.finish` in one statement."""
+    status = outcome.status.value
+    (status_seq, status_type, status_data), (done_seq, done_type, done_data) = (
+        event_log.status_events(0, status, final=True)
+    )
+    step_data = None if final_step is None else _step_event(final_step, execution.attempt)
+    seq = await fastpath.fetchval(
+        conn,
+        FINISH,
+        execution.id, execution.attempt, None, now,
+        *(_EMPTY_STEP if final_step is None else _step_args(final_step)),
+        None if step_data is None else json.dumps(step_data),
+        final_step is not None,
+        status, outcome.result, outcome.error, outcome.error_code,
+        outcome.stop_reason.value if outcome.stop_reason else None,
+        json.dumps(status_data), json.dumps(done_data),
+    )  # fmt: skip
+    if seq is None:
+        raise LeaseLost(execution.id)
+    out = []
+    if step_data is not None:
+        out.append(Event(seq=seq - 2, type=EventType.STEP, data=step_data, created_at=now))
+    out.append(Event(seq=seq + status_seq, type=status_type, data=status_data, created_at=now))
+    out.append(Event(seq=seq + done_seq, type=done_type, data=done_data, created_at=now))
+    return out
+
+
+_CLAIM_SQL: dict[str, str] = {}
+
+
+async def claim(
+    conn: AsyncConnection, statement: Executable, params: dict[str, Any]
+) -> list[tuple[Execution, list[Event]]]:
+    """`jobs.claim` in one statement: the claim UPDATE (`statement`, with its `now` parameter)
+    and the `running` events it owes, as a CTE."""
+    compiled = fastpath.compile_statement(conn, statement, frozenset(params))
+    sql = _CLAIM_SQL.get(compiled.sql)
+    if sql is None:
+        now = f"${compiled.names.index('now') + 1}::timestamptz"
+        sql = _CLAIM_SQL[compiled.sql] = f"""
+WITH claimed AS ({compiled.sql}), event AS (
+    INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
+    SELECT id, event_seq, tenant_id, 'status',
+           json_build_object('status', 'running', 'attempt', attempt), {now}
+    FROM claimed
+)
+SELECT * FROM claimed ORDER BY created_at
+"""
+    now_value = params["now"]
+    out = []
+    for record in await fastpath.fetch(conn, sql, *compiled.args(params)):
+        ex = execution_from_row(fastpath.Row(record))
+        numbered = event_log.status_events(
+            record["event_seq"], "running", final=False, attempt=ex.attempt
+        )
+        events = [Event(seq=q, type=t, data=d, created_at=now_value) for q, t, d in numbered]
+        out.append((ex, events))
+    return out
