@@ -24,7 +24,7 @@ from agent_platform.errors import Conflict, InvalidRequest, NotFound
 from agent_platform.events import EventBus
 from agent_platform.queue import jobs
 from agent_platform.runtime.providers import Providers
-from agent_platform.store import event_log, idempotency, repos
+from agent_platform.store import idempotency, repos
 from agent_platform.store import sessions as session_repo
 from agent_platform.store.db import Database
 from agent_platform.store.event_log import Event, EventType, notify
@@ -190,6 +190,16 @@ class ExecutionService:
         Returns the existing execution when the Idempotency-Key was used before."""
         interrupted: list[Execution] = []
         events: list[tuple[str, list[Event]]] = []
+        first = {"execution_id": execution.id, "status": "queued"}
+        created = [
+            Event(seq=1, type=EventType.EXECUTION, data=first, created_at=execution.created_at)
+        ]
+        if idempotency_key is None and execution.session_id is None and not self.db.is_sqlite:
+            async with self.db.connect() as conn:  # one statement: atomic on its own
+                await repos.create_execution(conn, execution, first)
+            await notify(self.bus, execution.id, created)
+            await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
+            return None
         async with self.db.begin() as conn:
             now = execution.created_at
             if idempotency_key is not None:
@@ -222,14 +232,7 @@ class ExecutionService:
                         events.append((ex.id, ended))
                     else:
                         await repos.request_cancel(conn, tenant_id, ex.id, now=now)
-            await repos.insert_execution(conn, execution)  # with event_seq = 1
-            created = await event_log.store(
-                conn,
-                execution.id,
-                tenant_id,
-                [(1, EventType.EXECUTION, {"execution_id": execution.id, "status": "queued"})],
-                now=now,
-            )
+            await repos.create_execution(conn, execution, first)  # event_seq = 1
             events.append((execution.id, created))
         for execution_id, appended in events:
             await notify(self.bus, execution_id, appended)

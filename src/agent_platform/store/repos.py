@@ -6,6 +6,7 @@ Every read filters by `tenant_id`: another tenant's row is simply not found.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
 from agent_platform.store import fastpath
-from agent_platform.store.tables import executions, steps
+from agent_platform.store.tables import events, executions, steps
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -100,32 +101,69 @@ _LIST_STEPS = (
 )
 
 
+_INSERT_EVENT = events.insert()
+_CREATE_SQL: dict[str, str] = {}
+
+
+async def create_execution(conn: AsyncConnection, ex: Execution, event: dict[str, Any]) -> None:
+    """The row and its first event (`seq` 1, type `execution`); on PostgreSQL one statement,
+    so outside a transaction it commits in one round trip."""
+    row = _execution_values(ex)
+    if conn.dialect.name != "postgresql":
+        await conn.execute(_INSERT_EXECUTION, row)
+        await conn.execute(_INSERT_EVENT, _first_event(ex, event))
+        return
+    compiled = fastpath.compile_statement(conn, _INSERT_EXECUTION, frozenset(row))
+    sql = _CREATE_SQL.get(compiled.sql)
+    if sql is None:
+        n = len(compiled.names)
+        sql = _CREATE_SQL[compiled.sql] = f"""
+WITH created AS ({compiled.sql} RETURNING id)
+INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
+SELECT id, 1, ${n + 1}::varchar, 'execution', ${n + 2}::json, ${n + 3}::timestamptz FROM created
+"""
+    await fastpath.fetch(
+        conn, sql, *compiled.args(row), ex.tenant_id, json.dumps(event), ex.created_at
+    )
+
+
+def _first_event(ex: Execution, event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "execution_id": ex.id,
+        "seq": 1,
+        "tenant_id": ex.tenant_id,
+        "type": "execution",
+        "data": event,
+        "created_at": ex.created_at,
+    }
+
+
 async def insert_execution(conn: AsyncConnection, ex: Execution) -> None:
-    await fastpath.execute(
-        conn,
-        _INSERT_EXECUTION,
-        dict(
-            id=ex.id,
-            tenant_id=ex.tenant_id,
-            status=ex.status.value,
-            task=ex.task,
-            tools=ex.tools,
-            model=ex.model,
-            max_steps=ex.max_steps,
-            request_metadata=ex.metadata,
-            timeout_s=ex.timeout_s,
-            attempt=0,
-            max_attempts=ex.max_attempts,
-            input_tokens=0,
-            output_tokens=0,
-            event_seq=1,  # the `execution` event the submitter writes beside the row
-            created_at=ex.created_at,
-            updated_at=ex.created_at,
-            session_id=ex.session_id,
-            webhook_url=ex.webhook_url,
-            webhook_steps=ex.webhook_steps,
-            idempotency_key=ex.idempotency_key,
-        ),
+    await fastpath.execute(conn, _INSERT_EXECUTION, _execution_values(ex))
+
+
+def _execution_values(ex: Execution) -> dict[str, Any]:
+    return dict(
+        id=ex.id,
+        tenant_id=ex.tenant_id,
+        status=ex.status.value,
+        task=ex.task,
+        tools=ex.tools,
+        model=ex.model,
+        max_steps=ex.max_steps,
+        request_metadata=ex.metadata,
+        timeout_s=ex.timeout_s,
+        attempt=0,
+        max_attempts=ex.max_attempts,
+        input_tokens=0,
+        output_tokens=0,
+        event_seq=1,  # the `execution` event the submitter writes beside the row
+        created_at=ex.created_at,
+        updated_at=ex.created_at,
+        session_id=ex.session_id,
+        webhook_url=ex.webhook_url,
+        webhook_steps=ex.webhook_steps,
+        idempotency_key=ex.idempotency_key,
     )
 
 
