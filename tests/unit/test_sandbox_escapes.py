@@ -249,6 +249,28 @@ def test_no_network_even_with_raw_syscalls(sbx):
         listener.close()
 
 
+def test_sandboxes_cannot_reach_each_other_over_loopback(pool, sbx):
+    """The sandboxes of one pool share a network namespace whose loopback is down: an escaped
+    child may listen on 127.0.0.1, but nothing can connect to it, not even another sandbox."""
+    listen = NET_HELPERS + (
+        "fd = libc.socket(2, 1, 0)\n"
+        "ip = bytes((127, 0, 0, 1))\n"
+        "addr = struct.pack('<H', 2) + struct.pack('!H', 47001) + ip + bytes(8)\n"
+        "rc = libc.bind(fd, addr, len(addr))\n"
+        "result = {'bind': rc, 'errno': ctypes.get_errno(), 'listen': libc.listen(fd, 1)}"
+    )
+    bound = raw(sbx, listen)
+    assert (bound["bind"], bound["listen"]) == (0, 0)  # listening in the shared namespace
+    other = pool.spawn(execution_id="escape-peer")
+    try:
+        reached = raw(other, NET_HELPERS + "result = [tcp(47001), tcp(47001)]")
+        itself = raw(sbx, NET_HELPERS + "result = tcp(47001)")
+    finally:
+        other.close()
+    assert reached == ["errno:101", "errno:101"]  # ENETUNREACH: loopback is down
+    assert itself == "errno:101"
+
+
 def test_services_are_reachable_from_the_worker_so_the_network_test_means_something():
     reachable = [p for p in (5432, 6379) if tcp_reachable_from_worker(p)]
     assert reachable == [5432, 6379], "the suite's PostgreSQL and Redis must be listening"

@@ -18,8 +18,10 @@ Each child, right after ``fork()`` and before any model code exists:
 
 * ``setsid()``; ``PR_SET_PDEATHSIG=SIGKILL`` (the zygote itself dies with the worker); closes every
   fd but its socket (moved to fd 3) and points 0/1/2 at ``/dev/null``;
-* ``unshare(CLONE_NEWNET)``: a private network namespace whose loopback is down (its abstract
-  unix sockets are private too);
+* no network: the zygote entered a private network namespace with no interface up (loopback
+  down) before forking any child; children share it (one namespace per child would cost ~1 ms
+  of kernel work per execution), so with loopback down no sandbox can reach another; without
+  ``CAP_SYS_ADMIN`` each child makes its own inside a user namespace instead;
 * ``unshare(CLONE_NEWNS)``: empty tmpfs over ``/run``, ``/tmp``, ``/var/tmp``, ``/dev/shm``,
   ``/root``, ``/home`` ... (this hides the PostgreSQL/MySQL unix sockets, other sandboxes' files
   and root's dotfiles; the Python installation is bind-mounted back when it lives below a hidden
@@ -288,8 +290,7 @@ def _setup_child(
     limits = cfg["limits"]
     layers: dict[str, Any] = {"network": "socket-blocked", "mount_namespace": False}
     if eff["netns"] and not eff.get("netns_via_userns"):
-        _unshare(CLONE_NEWNET)
-        layers["network"] = "netns"
+        layers["network"] = "netns"  # the zygote's own: created once, inherited by every child
     if eff["mountns"]:
         layers.update(_setup_mounts(cfg, workdir, uid))
     os.chdir(workdir)
@@ -1083,6 +1084,12 @@ def zygote_main(argv: list[str] | None = None) -> None:
     ctl.sendall(proto.encode_frame(hello, max_frame=proto.MAX_CONTROL_FRAME_BYTES))
     if cfg["isolation"] == "netns" and not eff["netns"]:
         os._exit(proto.EXIT_SETUP_FAILED)
+    if eff["netns"] and not eff["netns_via_userns"]:
+        # One network namespace for the zygote and all its children rather than one per child:
+        # creating and tearing down a namespace is ~1 ms of kernel work per execution. It has
+        # no interface up (not even loopback); what children could share in it is abstract
+        # unix socket names, and creating sockets is refused inside the interpreter.
+        _unshare(CLONE_NEWNET)
     gc.collect()
     gc.freeze()  # keep the pre-imported heap shared (copy-on-write) with the children
     _Zygote(ctl, cfg, eff).serve()
