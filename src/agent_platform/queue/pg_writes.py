@@ -14,7 +14,6 @@ changes anything, which is what decides whether the step's tokens were already c
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from sqlalchemy.sql.base import Executable
 from agent_platform.domain import Execution, RunOutcome, StepRecord
 from agent_platform.errors import LeaseLost
 from agent_platform.store import event_log, fastpath
+from agent_platform.store.db import json_dumps
 from agent_platform.store.event_log import Event, EventType
 from agent_platform.store.repos import execution_from_row
 
@@ -121,7 +121,7 @@ _EMPTY_STEP: list[Any] = [0, "action", None, 0, None, None, None, None, "[]", No
 def _step_args(step: StepRecord) -> list[Any]:
     return [
         step.step, step.type.value, step.started_at, step.duration_ms, step.model_output,
-        step.thought, step.code, step.observation, json.dumps(step.tool_calls), step.error,
+        step.thought, step.code, step.observation, json_dumps(step.tool_calls), step.error,
         step.input_tokens, step.output_tokens, step.retries, step.final_answer, step.note,
         step.partial,
     ]  # fmt: skip
@@ -141,7 +141,7 @@ async def record_step(
         conn,
         RECORD_STEP,
         execution.id, execution.attempt, lease_until, now, *_step_args(step),
-        None if data is None else json.dumps(data),
+        None if data is None else json_dumps(data),
     )  # fmt: skip
     if seq is None:
         raise LeaseLost(execution.id)
@@ -165,11 +165,11 @@ async def finish(
         FINISH,
         execution.id, execution.attempt, None, now,
         *(_EMPTY_STEP if final_step is None else _step_args(final_step)),
-        None if step_data is None else json.dumps(step_data),
+        None if step_data is None else json_dumps(step_data),
         final_step is not None,
         status, outcome.result, outcome.error, outcome.error_code,
         outcome.stop_reason.value if outcome.stop_reason else None,
-        json.dumps(status_data), json.dumps(done_data),
+        json_dumps(status_data), json_dumps(done_data),
     )  # fmt: skip
     if seq is None:
         raise LeaseLost(execution.id)

@@ -7,11 +7,13 @@ Everything above this module speaks SQLAlchemy Core through `Database.begin()` /
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -25,6 +27,15 @@ _UNAVAILABLE = (OperationalError, InterfaceError, OSError, ConnectionError, asyn
 # SQLSTATE classes that mean "the server is not there for us right now": connection
 # exceptions, operator intervention (shutdown, cannot connect now), insufficient resources.
 _UNAVAILABLE_SQLSTATES = ("08", "57P", "53")
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns' serializer: orjson (several times faster than `json`), with `json` as
+    the fallback for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -49,7 +60,11 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "json_serializer": json_dumps,
+            "json_deserializer": orjson.loads,
+        }
         if self.is_sqlite:
             _ensure_sqlite_dir(url)
             kwargs["connect_args"] = {"timeout": 30}

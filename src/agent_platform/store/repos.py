@@ -6,7 +6,6 @@ Every read filters by `tenant_id`: another tenant's row is simply not found.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
 from agent_platform.store import fastpath
+from agent_platform.store.db import json_dumps
 from agent_platform.store.tables import events, executions, steps
 
 
@@ -123,7 +123,7 @@ INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
 SELECT id, 1, ${n + 1}::varchar, 'execution', ${n + 2}::json, ${n + 3}::timestamptz FROM created
 """
     await fastpath.fetch(
-        conn, sql, *compiled.args(row), ex.tenant_id, json.dumps(event), ex.created_at
+        conn, sql, *compiled.args(row), ex.tenant_id, json_dumps(event), ex.created_at
     )
 
 
