@@ -8,8 +8,8 @@ in-process ``LocalPythonExecutor``.
     python bench/sandbox_start.py [--n 300] [--prefork 4] [--threads 4,8]
 
 "concurrent" has every thread spawn -> run ``1`` -> close back to back: a saturation test of
-sandbox churn (each sandbox costs ~1 ms of fork in the zygote, ~1.3 ms of namespace/mount set-up
-and ~1 ms of teardown CPU), not the latency seen by executions that last seconds.
+sandbox churn (each sandbox costs about 2 ms of CPU: fork, mount namespace set-up, uid switch,
+exit and teardown), not the latency seen by executions that last seconds.
 """
 
 from __future__ import annotations
