@@ -426,12 +426,15 @@ def test_kill_before_call(sbx):
 def test_close_is_idempotent_and_reaps(pool):
     ex = pool.spawn(execution_id="close")
     assert ex("1").output == 1
-    workdir, pid = ex.workdir, ex.pid
+    # the work dir is a tmpfs in the zygote's mount namespace: seen through its /proc root
+    workdir = f"/proc/{pool.zygote_pid}/root{ex.workdir}"
+    pid = ex.pid
     assert os.path.isdir(workdir)
+    assert os.path.ismount(workdir) == pool.isolation_details["mount_namespace"]
     ex.close()
     ex.close()
     assert process_state(pid) is None  # reaped, not a zombie
-    assert not os.path.exists(workdir)
+    assert not os.path.exists(workdir)  # unmounted and removed
     assert ex.closed
     with pytest.raises(SandboxError):
         ex("1")

@@ -22,11 +22,13 @@ Each child, right after ``fork()`` and before any model code exists:
   down) before forking any child; children share it (one namespace per child would cost ~1 ms
   of kernel work per execution), so with loopback down no sandbox can reach another; without
   ``CAP_SYS_ADMIN`` each child makes its own inside a user namespace instead;
-* ``unshare(CLONE_NEWNS)``: empty tmpfs over ``/run``, ``/tmp``, ``/var/tmp``, ``/dev/shm``,
-  ``/root``, ``/home`` ... (this hides the PostgreSQL/MySQL unix sockets, other sandboxes' files
-  and root's dotfiles; the Python installation is bind-mounted back when it lives below a hidden
-  or non-traversable directory), a size-capped ``noexec`` tmpfs as its working/temp dir and a
-  fresh ``/proc`` mounted with ``hidepid=invisible``;
+* the zygote's mount namespace, also set up once before the first fork: empty tmpfs over
+  ``/run``, ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/root``, ``/home`` ... (this hides the
+  PostgreSQL/MySQL unix sockets and root's dotfiles; the Python installation is bind-mounted
+  back when it lives below a hidden or non-traversable directory) and a fresh ``/proc`` mounted
+  with ``hidepid=invisible``; the child's working/temp dir is a size-capped ``noexec`` tmpfs
+  the zygote mounts for it before the fork (mode 0700, owned by the child's uid) and unmounts
+  when it reaps it, so work dirs exist only in that namespace;
 * environment = the allowlist + ``HOME``/``TMPDIR`` = its own dir;
 * rlimits: ``AS``, ``CPU``, ``NOFILE``, ``FSIZE``, ``CORE=0``;
 * when running as root: ``PR_SET_NO_NEW_PRIVS``, drops all groups and switches to a *unique*
@@ -103,6 +105,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _char_p, _ulong = ctypes.c_char_p, ctypes.c_ulong
 _libc.mount.argtypes = [_char_p, _char_p, _char_p, _ulong, _char_p]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.umount2.argtypes = [_char_p, ctypes.c_int]
+MNT_DETACH = 2
 _libc.prctl.argtypes = [ctypes.c_int, _ulong, _ulong, _ulong, _ulong]
 
 
@@ -118,6 +122,10 @@ def _prctl(option: int, arg: int) -> None:
 
 def _unshare(flags: int) -> None:
     _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def _umount(target: str) -> None:
+    _check(_libc.umount2(os.fsencode(target), MNT_DETACH), f"umount {target}")
 
 
 def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
@@ -237,7 +245,12 @@ def _blocked_ancestor(path: str) -> str | None:
     return None
 
 
-def _setup_mounts(cfg: dict[str, Any], workdir: str, uid: int) -> dict[str, Any]:
+def _setup_zygote_mounts(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The zygote's own mount namespace, inherited by every child: the hidden paths, a fresh
+    `/proc` and a tmpfs at `base_dir` for the children's work dirs (which then exist only in
+    this namespace). One namespace instead of one per child saves its creation and teardown
+    (a copy of the whole mount table) on every execution; what differs per child, its work
+    dir, is a size-capped tmpfs the zygote mounts before the fork."""
     _unshare(CLONE_NEWNS)
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)
     keep = _keep_paths()
@@ -262,15 +275,9 @@ def _setup_mounts(cfg: dict[str, Any], workdir: str, uid: int) -> dict[str, Any]
             _mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC, None)
             os.close(fd)
         hidden.append(h)
-    os.makedirs(workdir, mode=0o755, exist_ok=True)
-    size = int(cfg["limits"]["max_disk_bytes"])
-    _mount(
-        "tmpfs",
-        workdir,
-        "tmpfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        f"mode=0700,size={size},nr_inodes={WORKDIR_INODES},uid={uid},gid={uid}",
-    )
+    base = cfg["base_dir"]
+    os.makedirs(base, mode=0o711, exist_ok=True)
+    _mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0711,size=64k")
     try:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible")
         hidepid = True
@@ -280,8 +287,19 @@ def _setup_mounts(cfg: dict[str, Any], workdir: str, uid: int) -> dict[str, Any]
             hidepid = True
         except OSError:
             hidepid = False
+    size = int(cfg["limits"]["max_disk_bytes"])
     return {"mount_namespace": True, "hidden_paths": hidden, "workdir_tmpfs_bytes": size,
             "proc_hidepid": hidepid}  # fmt: skip
+
+
+def _mount_workdir(workdir: str, uid: int, size: int) -> None:
+    _mount(
+        "tmpfs",
+        workdir,
+        "tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        f"mode=0700,size={size},nr_inodes={WORKDIR_INODES},uid={uid},gid={uid}",
+    )
 
 
 def _setup_child(
@@ -292,7 +310,7 @@ def _setup_child(
     if eff["netns"] and not eff.get("netns_via_userns"):
         layers["network"] = "netns"  # the zygote's own: created once, inherited by every child
     if eff["mountns"]:
-        layers.update(_setup_mounts(cfg, workdir, uid))
+        layers.update(eff["mount_layers"])  # the zygote's namespace, set up once
     os.chdir(workdir)
     os.environ.clear()
     os.environ.update(cfg["env"])
@@ -853,6 +871,12 @@ class _Zygote:
         if self.eff["drop_privileges"]:
             os.chown(workdir, uid, uid)
         os.chmod(workdir, 0o700)
+        if self.eff["mountns"]:
+            try:
+                _mount_workdir(workdir, uid, int(self.cfg["limits"]["max_disk_bytes"]))
+            except OSError:
+                os.rmdir(workdir)
+                raise
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent_fd, child_fd = a.detach(), b.detach()
         try:
@@ -860,7 +884,7 @@ class _Zygote:
         except OSError:
             os.close(parent_fd)
             os.close(child_fd)
-            shutil.rmtree(workdir, ignore_errors=True)
+            self.discard_workdir(workdir)
             raise
         if pid == 0:  # pragma: no cover - runs in the child
             code = proto.EXIT_INTERNAL
@@ -910,6 +934,13 @@ class _Zygote:
             os.close(child.parent_fd)
         self.by_pidfd.pop(child.pidfd, None)
         self.by_pid.pop(child.pid, None)
+        self.discard_workdir(child.workdir)
+
+    def discard_workdir(self, workdir: str) -> None:
+        if self.eff["mountns"]:
+            with contextlib.suppress(OSError):
+                _umount(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
 
     def on_child_exit(self, child: _Child) -> None:
         with contextlib.suppress(KeyError, OSError):
@@ -934,7 +965,6 @@ class _Zygote:
                 data = os.read(child.parent_fd, 65536)
                 detail = data[proto.HEADER_SIZE :].decode("utf-8", "replace")
             self.reap(child)
-            shutil.rmtree(child.workdir, ignore_errors=True)
             self.note_failure(f"sandbox children keep dying: code={code} signal={sig} {detail}")
             return
         if child.released:
@@ -986,8 +1016,6 @@ class _Zygote:
         for child in children:
             with contextlib.suppress(OSError):
                 self.reap(child)
-            if not child.handed:
-                shutil.rmtree(child.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.ctl.sendall(proto.encode_frame({"op": "bye"}))
         os._exit(0)
@@ -1062,6 +1090,23 @@ def zygote_main(argv: list[str] | None = None) -> None:
         "drop_privileges": bool(eff_probe.get("drop_privileges")),
     }
     eff["mountns"] = bool(eff_probe.get("mountns")) and eff["drop_privileges"]
+    errors = dict(eff_probe.get("errors", {}))
+    if eff["netns"] and not eff["netns_via_userns"]:
+        # One network namespace for the zygote and all its children rather than one per child:
+        # creating and tearing down a namespace is ~1 ms of kernel work per execution. It has
+        # no interface up (not even loopback); what children could share in it is abstract
+        # unix socket names, and creating sockets is refused inside the interpreter.
+        try:
+            _unshare(CLONE_NEWNET)
+        except OSError as e:
+            eff["netns"] = False
+            errors["netns"] = str(e)
+    if eff["mountns"]:
+        try:
+            eff["mount_layers"] = _setup_zygote_mounts(cfg)
+        except OSError as e:
+            eff["mountns"] = False
+            errors["mountns"] = str(e)
     level = "netns" if eff["netns"] else "socket-blocked"
     import threading
 
@@ -1076,7 +1121,7 @@ def zygote_main(argv: list[str] | None = None) -> None:
             "drop_privileges": eff["drop_privileges"],
             "kernel_blocks_fork": bool(eff_probe.get("nproc_blocks_fork")),
             "euid": os.geteuid(),
-            "errors": eff_probe.get("errors", {}),
+            "errors": errors,
         },
         "preload_failed": failed,
         "threads": threading.active_count(),
@@ -1084,12 +1129,6 @@ def zygote_main(argv: list[str] | None = None) -> None:
     ctl.sendall(proto.encode_frame(hello, max_frame=proto.MAX_CONTROL_FRAME_BYTES))
     if cfg["isolation"] == "netns" and not eff["netns"]:
         os._exit(proto.EXIT_SETUP_FAILED)
-    if eff["netns"] and not eff["netns_via_userns"]:
-        # One network namespace for the zygote and all its children rather than one per child:
-        # creating and tearing down a namespace is ~1 ms of kernel work per execution. It has
-        # no interface up (not even loopback); what children could share in it is abstract
-        # unix socket names, and creating sockets is refused inside the interpreter.
-        _unshare(CLONE_NEWNET)
     gc.collect()
     gc.freeze()  # keep the pre-imported heap shared (copy-on-write) with the children
     _Zygote(ctl, cfg, eff).serve()
