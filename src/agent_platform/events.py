@@ -35,7 +35,13 @@ class EventBus(Protocol):
     def subscribe(
         self, channel: str
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[dict[str, Any]]]: ...
-    async def append(self, stream: str, *messages: dict[str, Any]) -> None: ...
+    async def append(
+        self, stream: str, *messages: dict[str, Any], publish: dict[str, Any] | None = None
+    ) -> None:
+        """Add to the stream; with `publish`, also publish it on the channel of the same name
+        (one round trip for both)."""
+        ...
+
     async def tail(self, stream: str) -> str: ...
     async def read(
         self, stream: str, after_id: str, timeout_s: float
@@ -95,7 +101,9 @@ class InMemoryBus:
                 self._streams.popitem(last=False)
         return stream
 
-    async def append(self, stream: str, *messages: dict[str, Any]) -> None:
+    async def append(
+        self, stream: str, *messages: dict[str, Any], publish: dict[str, Any] | None = None
+    ) -> None:
         s = self._stream(stream)
         async with s.changed:
             for message in messages:
@@ -103,6 +111,8 @@ class InMemoryBus:
                 s.next_id += 1
             del s.entries[:-STREAM_MAXLEN]
             s.changed.notify_all()
+        if publish is not None:
+            await self.publish(stream, publish)
 
     async def tail(self, stream: str) -> str:
         s = self._streams.get(stream)
@@ -200,7 +210,9 @@ class RedisBus:
                     with contextlib.suppress(Exception):
                         await self._pubsub.unsubscribe(self._prefix + channel)
 
-    async def append(self, stream: str, *messages: dict[str, Any]) -> None:
+    async def append(
+        self, stream: str, *messages: dict[str, Any], publish: dict[str, Any] | None = None
+    ) -> None:
         key = self._prefix + stream
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -209,6 +221,8 @@ class RedisBus:
                         key, {"m": orjson.dumps(message)}, maxlen=STREAM_MAXLEN, approximate=True
                     )
                 pipe.expire(key, STREAM_TTL_S)
+                if publish is not None:
+                    pipe.publish(key, orjson.dumps(publish))
                 await pipe.execute()
         except Exception as exc:  # best effort: readers also poll the database
             log.warning("redis stream append to %s failed: %s", key, exc)

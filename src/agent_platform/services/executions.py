@@ -197,7 +197,8 @@ class ExecutionService:
         if idempotency_key is None and execution.session_id is None and not self.db.is_sqlite:
             async with self.db.connect() as conn:  # one statement: atomic on its own
                 await repos.create_execution(conn, execution, first)
-            await notify(self.bus, execution.id, created)
+            # no live-stream notice for the `execution` event: nobody can follow an execution
+            # before it exists, and readers start from the database
             await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
             return None
         async with self.db.begin() as conn:

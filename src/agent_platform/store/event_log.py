@@ -151,10 +151,9 @@ async def notify(bus: EventBus, execution_id: str, appended: list[Event]) -> Non
     """After commit: tell live readers (SSE streams, waiting requests) what was appended."""
     if not appended:
         return
+    done = next((dict(e.data) for e in appended if e.type is EventType.DONE), None)
     await bus.append(
         execution_channel(execution_id),
         *({"seq": event.seq, "type": event.type.value} for event in appended),
+        publish=done,  # waiting requests learn of the end in the same round trip
     )
-    for event in appended:
-        if event.type is EventType.DONE:
-            await bus.publish(execution_channel(execution_id), dict(event.data))
