@@ -99,7 +99,8 @@ class Text:
     thinking block (ignored on the OpenAI wire); ``fail_first`` lists HTTP statuses answered by the
     first calls for this keyword+index before the text is returned; ``retry_after`` (seconds) is
     sent as ``retry-after``/``retry-after-ms`` on those failures (429 defaults to 1 s);
-    ``hang_s`` sleeps that long before answering (timeout tests; interrupted by ``stop()``).
+    ``hang_s`` sleeps that long before answering (timeout tests; interrupted by ``stop()``);
+    ``raw_body`` is answered as is with status 200 instead of a well-formed message.
     """
 
     text: str
@@ -108,6 +109,7 @@ class Text:
     fail_first: Sequence[int] = ()
     retry_after: float | None = None
     hang_s: float = 0.0
+    raw_body: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fail_first", tuple(int(s) for s in self.fail_first))
@@ -754,6 +756,8 @@ class FakeLLMServer:
             input_tokens,
             output_tokens,
         )
+        if reply.raw_body is not None:
+            return _Outcome(200, reply.raw_body.encode(), sleep_s=sleep_s)
         if anthropic:
             if stream:
                 return _sse_outcome(_anthropic_sse(*args), sleep_s)

@@ -74,6 +74,15 @@ def test_anthropic_call_usage_and_stop_sequences(llm: FakeLLMServer) -> None:
     assert "temperature" not in request and "thinking" not in request
 
 
+def test_malformed_reply_is_a_provider_error(llm: FakeLLMServer) -> None:
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("", raw_body='{"type": "message", "content": "not blocks"}')])
+    model = Providers(settings(llm)).build("claude-sonnet-5-5", threading.Event())
+    with pytest.raises(ProviderError, match="malformed response") as caught:
+        model.generate(conversation(kw))
+    assert caught.value.provider == "anthropic" and not caught.value.retryable
+
+
 def test_adaptive_thinking_when_enabled(llm: FakeLLMServer) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("ok")])
