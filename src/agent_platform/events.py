@@ -172,6 +172,7 @@ class RedisBus:
         self._fanout = _Fanout()
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._families: set[str] = set()  # pattern-subscribed channel families
 
     async def start(self) -> None:
         await self._pubsub.subscribe(self._prefix + _KEEP_SUBSCRIBED)
@@ -197,15 +198,27 @@ class RedisBus:
 
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """Channels named `<family>:<id>` (one per execution) are served by one pattern
+        subscription per family, made on first use and kept: a request waiting for its
+        execution costs no SUBSCRIBE/UNSUBSCRIBE round trips. Other channels (wake-ups,
+        cancels) are subscribed while someone listens."""
+        family, sep, _ = channel.partition(":")
         queue, first = self._fanout.add(channel)
         try:
-            if first:
+            if sep:
+                if family not in self._families:
+                    async with self._lock:
+                        if family not in self._families:
+                            with contextlib.suppress(Exception):
+                                await self._pubsub.psubscribe(f"{self._prefix}{family}:*")
+                                self._families.add(family)
+            elif first:
                 async with self._lock:
                     with contextlib.suppress(Exception):
                         await self._pubsub.subscribe(self._prefix + channel)
             yield queue
         finally:
-            if self._fanout.remove(channel, queue):
+            if self._fanout.remove(channel, queue) and not sep:
                 async with self._lock:
                     with contextlib.suppress(Exception):
                         await self._pubsub.unsubscribe(self._prefix + channel)
@@ -272,7 +285,7 @@ class RedisBus:
                 log.warning("redis bus read failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None or message.get("type") not in ("message", "pmessage"):
                 continue
             channel = message["channel"]
             if isinstance(channel, bytes):
