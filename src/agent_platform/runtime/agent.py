@@ -22,7 +22,13 @@ from typing import Any
 import yaml
 from smolagents import CodeAgent, LogLevel
 from smolagents.local_python_executor import LocalPythonExecutor, PythonExecutor
-from smolagents.memory import ActionStep, FinalAnswerStep, PlanningStep, TaskStep
+from smolagents.memory import (
+    ActionStep,
+    CallbackRegistry,
+    FinalAnswerStep,
+    PlanningStep,
+    TaskStep,
+)
 from smolagents.monitoring import AgentLogger
 from smolagents.utils import AgentError, AgentMaxStepsError
 
@@ -160,6 +166,14 @@ _SILENT_LOGGER = _SilentLogger()
 
 class PlatformCodeAgent(CodeAgent):
     """CodeAgent with a cached system prompt and provider errors that are not swallowed."""
+
+    def _setup_step_callbacks(self, step_callbacks: Any) -> None:
+        """Only our callbacks: smolagents' monitor formats a console line per step (and its
+        signature is introspected at every step) for a log nobody reads; the platform
+        records durations and token usage itself."""
+        self.step_callbacks = CallbackRegistry()
+        for step_cls, callback in (step_callbacks or {}).items():
+            self.step_callbacks.register(step_cls, callback)
 
     def initialize_system_prompt(self) -> str:
         key = (*sorted(self.tools), "|", *self.authorized_imports)
