@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 
-from agent_platform.api.schemas import ExecutionOut, StepOut
 from agent_platform.config import Settings
 from agent_platform.errors import ServiceUnavailable
 from agent_platform.events import EventBus, make_bus
@@ -45,13 +44,7 @@ class Platform:
             settings, self.db, self.bus, self.registry, self.providers
         )
         self.sessions = SessionService(settings, self.db, self.bus)
-        self.streams = ExecutionStream(
-            self.db,
-            self.bus,
-            render_step=lambda step: StepOut.of(step).model_dump(mode="json"),
-            render_execution=lambda ex: ExecutionOut.of(ex).model_dump(mode="json"),
-            keepalive_s=settings.sse_keepalive_s,
-        )
+        self.streams = ExecutionStream(self.db, self.bus, keepalive_s=settings.sse_keepalive_s)
         self.sandbox_level = (
             SANDBOX_LEVEL_IN_PROCESS if settings.sandbox == "in-process" else SANDBOX_LEVEL_REMOTE
         )

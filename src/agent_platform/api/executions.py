@@ -15,12 +15,14 @@ from agent_platform.api.schemas import (
     ExecuteRequest,
     ExecutionOut,
     ExecutionPage,
+    StepOut,
     ToolList,
     ToolOut,
 )
 from agent_platform.domain import ExecutionStatus
 from agent_platform.errors import InvalidRequest
 from agent_platform.services.executions import Submission
+from agent_platform.services.streams import Renderers
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
 
@@ -30,6 +32,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
 MAX_PAGE = 100
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DOC = {"content": {"text/event-stream": {}}, "description": "Server-sent events"}
+# what `step` and `done` events carry: the same JSON as GET /execution/{id} and its steps
+SSE_RENDER = Renderers(
+    step=lambda step: StepOut.of(step).model_dump(mode="json"),
+    execution=lambda ex: ExecutionOut.of(ex).model_dump(mode="json"),
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -90,7 +97,7 @@ async def execute(
     headers = {"Idempotent-Replayed": "true"} if submitted.replayed else {}
     if body.stream:
         return StreamingResponse(
-            streams.follow(tenant.id, execution.id),
+            streams.follow(tenant.id, execution.id, SSE_RENDER),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, **headers},
         )
@@ -138,7 +145,7 @@ async def execution_events(
             raise InvalidRequest("Last-Event-ID must be an event id (an integer)")
         after = int(last_event_id)
     return StreamingResponse(
-        streams.follow(tenant.id, execution.id, after),
+        streams.follow(tenant.id, execution.id, SSE_RENDER, after),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
     )

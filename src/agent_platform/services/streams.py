@@ -10,11 +10,12 @@ a lost notification only delays an event until the next keep-alive.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from agent_platform.domain import Execution, execution_channel
+from agent_platform.domain import Execution, StoredStep, execution_channel
 from agent_platform.events import EventBus
 from agent_platform.store import event_log, repos
 from agent_platform.store.db import Database
@@ -27,24 +28,23 @@ def sse(event_id: int, event_type: str, data: Any) -> str:
     return f"id: {event_id}\nevent: {event_type}\ndata: {orjson.dumps(data).decode()}\n\n"
 
 
+@dataclass(frozen=True)
+class Renderers:
+    """How the caller (the API) shows a step and a finished execution; `step` and `done`
+    events carry them as their data."""
+
+    step: Callable[[StoredStep], dict[str, Any]]
+    execution: Callable[[Execution], dict[str, Any]]
+
+
 class ExecutionStream:
-    def __init__(
-        self,
-        db: Database,
-        bus: EventBus,
-        *,
-        render_step: Callable[[Any], dict[str, Any]],
-        render_execution: Callable[[Execution], dict[str, Any]],
-        keepalive_s: float = 15.0,
-    ) -> None:
+    def __init__(self, db: Database, bus: EventBus, *, keepalive_s: float = 15.0) -> None:
         self.db = db
         self.bus = bus
-        self.render_step = render_step
-        self.render_execution = render_execution
         self.keepalive_s = keepalive_s
 
     async def follow(
-        self, tenant_id: str, execution_id: str, after_seq: int = 0
+        self, tenant_id: str, execution_id: str, render: Renderers, after_seq: int = 0
     ) -> AsyncIterator[str]:
         """SSE text chunks until the `done` event (or the client goes away)."""
         channel = execution_channel(execution_id)
@@ -53,7 +53,7 @@ class ExecutionStream:
         while True:
             async with self.db.connect() as conn:
                 pending = await event_log.after(conn, tenant_id, execution_id, sent)
-                chunks = await self._render(conn, tenant_id, execution_id, pending)
+                chunks = await self._render(conn, tenant_id, execution_id, pending, render)
             for event, chunk in zip(pending, chunks, strict=True):
                 yield chunk
                 sent = event.seq
@@ -64,7 +64,12 @@ class ExecutionStream:
                 yield KEEPALIVE
 
     async def _render(
-        self, conn: Any, tenant_id: str, execution_id: str, pending: list[Event]
+        self,
+        conn: Any,
+        tenant_id: str,
+        execution_id: str,
+        pending: list[Event],
+        render: Renderers,
     ) -> list[str]:
         if not pending:
             return []
@@ -77,9 +82,9 @@ class ExecutionStream:
             data: Any = event.data
             if event.type is EventType.STEP:
                 step = steps.get((event.data["step"], event.data["attempt"]))
-                data = self.render_step(step) if step is not None else event.data
+                data = render.step(step) if step is not None else event.data
             elif event.type is EventType.DONE:
                 execution = await repos.get_execution(conn, tenant_id, execution_id)
-                data = self.render_execution(execution) if execution else event.data
+                data = render.execution(execution) if execution else event.data
             chunks.append(sse(event.seq, event.type.value, data))
         return chunks
