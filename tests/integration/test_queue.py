@@ -86,7 +86,7 @@ async def test_stale_worker_is_fenced_out(db: Database) -> None:
         await repos.insert_execution(conn, ex)
     (a,) = await claim(db, "worker-a")
     async with db.begin() as conn:
-        await jobs.record_step(conn, a, step(1), lease_s=30, now=utcnow())
+        await jobs.record_step(conn, a, step(1), now=utcnow())
     requeued, failed = await expire_and_reap(db)  # worker A looks dead
     assert requeued == [ex.id] and failed == []
     (b,) = await claim(db, "worker-b")
@@ -94,7 +94,7 @@ async def test_stale_worker_is_fenced_out(db: Database) -> None:
     # A wakes up and tries to write: every write is rejected
     with pytest.raises(LeaseLost):
         async with db.begin() as conn:
-            await jobs.record_step(conn, a, step(2), lease_s=30, now=utcnow())
+            await jobs.record_step(conn, a, step(2), now=utcnow())
     with pytest.raises(LeaseLost):
         async with db.begin() as conn:
             await jobs.finish(
@@ -105,7 +105,7 @@ async def test_stale_worker_is_fenced_out(db: Database) -> None:
             False,
             False,
         )
-        await jobs.record_step(conn, b, step(1), lease_s=30, now=utcnow())
+        await jobs.record_step(conn, b, step(1), now=utcnow())
         await jobs.finish(
             conn, b, RunOutcome(ExecutionStatus.COMPLETED, result="fresh"), now=utcnow()
         )
@@ -185,8 +185,8 @@ async def _run_through(db: Database, execution: Execution, *, one_statement: boo
             db, worker_id="w", limit=1, lease_s=30, now=now
         )
         for record in (partial, done, second):
-            await jobs.write_step(db, claimed, record, lease_s=30, now=now)
-        ended = await jobs.end(db, claimed, outcome, final_step=final, lease_s=30, now=now)
+            await jobs.write_step(db, claimed, record, now=now)
+        ended = await jobs.end(db, claimed, outcome, final_step=final, now=now)
     else:
         async with db.begin() as conn:
             ((claimed, claim_events),) = await jobs.claim(
@@ -194,9 +194,9 @@ async def _run_through(db: Database, execution: Execution, *, one_statement: boo
             )
         for record in (partial, done, second):
             async with db.begin() as conn:
-                await jobs.record_step(conn, claimed, record, lease_s=30, now=now)
+                await jobs.record_step(conn, claimed, record, now=now)
         async with db.begin() as conn:
-            ended = [await jobs.record_step(conn, claimed, final, lease_s=30, now=now)]
+            ended = [await jobs.record_step(conn, claimed, final, now=now)]
             ended += await jobs.finish(conn, claimed, outcome, now=now)
     assert claimed.id == execution.id
     assert [(e.seq, e.type, e.data) for e in claim_events] == [
@@ -266,16 +266,16 @@ async def test_worker_writes_are_fenced(db: Database) -> None:
     ((b, _),) = await jobs.claim_work(db, worker_id="b", limit=1, lease_s=30, now=utcnow())
     assert (a.attempt, b.attempt) == (1, 2)
     with pytest.raises(LeaseLost):
-        await jobs.write_step(db, a, step(1), lease_s=30, now=utcnow())
+        await jobs.write_step(db, a, step(1), now=utcnow())
     with pytest.raises(LeaseLost):
         await jobs.end(
             db, a, RunOutcome(ExecutionStatus.COMPLETED, result="stale"), final_step=None,
-            lease_s=30, now=utcnow(),
+            now=utcnow(),
         )  # fmt: skip
-    await jobs.write_step(db, b, step(1), lease_s=30, now=utcnow())
+    await jobs.write_step(db, b, step(1), now=utcnow())
     await jobs.end(
         db, b, RunOutcome(ExecutionStatus.COMPLETED, result="fresh"), final_step=None,
-        lease_s=30, now=utcnow(),
+        now=utcnow(),
     )  # fmt: skip
     row, steps, _ = await _stored(db, ex.id)
     assert row[:2] == (ExecutionStatus.COMPLETED, "fresh")

@@ -89,11 +89,10 @@ def _claim_statement(skip_locked: bool):  # type: ignore[no-untyped-def]
 
 _CLAIM = {True: _claim_statement(skip_locked=True), False: _claim_statement(skip_locked=False)}
 
-_STEP_FENCE = (
+_STEP_FENCE = (  # not the lease (the heartbeat's): no indexed column changes, a HOT update
     update(executions)
     .where(_FENCE)
     .values(
-        lease_until=bindparam("b_lease_until"),
         updated_at=bindparam("now"),
         input_tokens=executions.c.input_tokens + bindparam("add_in"),
         output_tokens=executions.c.output_tokens + bindparam("add_out"),
@@ -195,12 +194,7 @@ async def heartbeat(
 
 
 async def record_step(
-    conn: AsyncConnection,
-    execution: Execution,
-    step: StepRecord,
-    *,
-    lease_s: float,
-    now: datetime,
+    conn: AsyncConnection, execution: Execution, step: StepRecord, *, now: datetime
 ) -> Event | None:
     """Store one step, fenced by attempt, and count its tokens once.
 
@@ -230,7 +224,6 @@ async def record_step(
             {
                 "eid": execution.id,
                 "b_attempt": execution.attempt,
-                "b_lease_until": now + timedelta(seconds=lease_s),
                 "now": now,
                 "add_in": 0 if counted else step.input_tokens,
                 "add_out": 0 if counted else step.output_tokens,
@@ -409,16 +402,14 @@ async def claim_work(
 
 
 async def write_step(
-    db: Database, execution: Execution, step: StepRecord, *, lease_s: float, now: datetime
+    db: Database, execution: Execution, step: StepRecord, *, now: datetime
 ) -> Event | None:
     """`record_step`, committed."""
     if db.is_sqlite or (execution.webhook_steps and execution.webhook_url):
         async with db.begin() as conn:
-            return await record_step(conn, execution, step, lease_s=lease_s, now=now)
+            return await record_step(conn, execution, step, now=now)
     async with db.connect() as conn:
-        return await pg_writes.record_step(
-            conn, execution, step, lease_until=now + timedelta(seconds=lease_s), now=now
-        )
+        return await pg_writes.record_step(conn, execution, step, now=now)
 
 
 async def end(
@@ -427,7 +418,6 @@ async def end(
     outcome: RunOutcome,
     *,
     final_step: StepRecord | None,
-    lease_s: float,
     now: datetime,
 ) -> list[Event]:
     """The final step (if any) and `finish`, committed together."""
@@ -435,7 +425,7 @@ async def end(
         async with db.begin() as conn:
             events: list[Event] = []
             if final_step is not None:
-                event = await record_step(conn, execution, final_step, lease_s=lease_s, now=now)
+                event = await record_step(conn, execution, final_step, now=now)
                 events.extend([event] if event else [])
             events.extend(await finish(conn, execution, outcome, now=now))
             return events

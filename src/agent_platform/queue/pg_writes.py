@@ -27,37 +27,38 @@ from agent_platform.store.db import json_dumps
 from agent_platform.store.event_log import Event, EventType
 from agent_platform.store.repos import execution_from_row
 
-_STEP_VALUES = """$5::int, $6::varchar, $7::timestamptz, $8::int, $9::text, $10::text,
-    $11::text, $12::text, $13::json, $14::text, $15::int, $16::int, $17::int, $18::text,
-    $19::text, $20::bool"""
+_STEP_VALUES = """$4::int, $5::varchar, $6::timestamptz, $7::int, $8::text, $9::text,
+    $10::text, $11::text, $12::json, $13::text, $14::int, $15::int, $16::int, $17::text,
+    $18::text, $19::bool"""
 _STEP_COLUMNS = """step, type, started_at, duration_ms, model_output, thought, code, observation,
     tool_calls, error, input_tokens, output_tokens, retries, final_answer, note, partial"""
-_STEP_SET = """type = $6::varchar, started_at = $7::timestamptz, duration_ms = $8::int,
-    model_output = $9::text, thought = $10::text, code = $11::text, observation = $12::text,
-    tool_calls = $13::json, error = $14::text, input_tokens = $15::int, output_tokens = $16::int,
-    retries = $17::int, final_answer = $18::text, note = $19::text, partial = $20::bool"""
+_STEP_SET = """type = $5::varchar, started_at = $6::timestamptz, duration_ms = $7::int,
+    model_output = $8::text, thought = $9::text, code = $10::text, observation = $11::text,
+    tool_calls = $12::json, error = $13::text, input_tokens = $14::int, output_tokens = $15::int,
+    retries = $16::int, final_answer = $17::text, note = $18::text, partial = $19::bool"""
 
-# $1 execution id, $2 attempt, $3 lease until, $4 now, $5..$20 the step, $21 the step event's
-# data (NULL for a partial write, which has no event).
+# $1 execution id, $2 attempt, $3 now, $4..$19 the step, $20 the step event's data (NULL for a
+# partial write, which has no event). The lease is the heartbeat's business: a step write
+# leaves `lease_until` alone, so it changes no indexed column and PostgreSQL can update the
+# row in place (a HOT update: no new entry in any of the table's indexes).
 RECORD_STEP = f"""
 WITH prior AS (
     SELECT 1 FROM steps
-    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
-      AND NOT $20::bool
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
+      AND NOT $19::bool
 ), fence AS (
     UPDATE executions SET
-        lease_until = $3::timestamptz,
-        updated_at = $4::timestamptz,
+        updated_at = $3::timestamptz,
         input_tokens = input_tokens
-            + CASE WHEN EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $15::int END,
+            + CASE WHEN EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $14::int END,
         output_tokens = output_tokens
-            + CASE WHEN EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $16::int END,
-        event_seq = event_seq + CASE WHEN $20::bool THEN 0 ELSE 1 END
+            + CASE WHEN EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $15::int END,
+        event_seq = event_seq + CASE WHEN $19::bool THEN 0 ELSE 1 END
     WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
     RETURNING event_seq, tenant_id
 ), completed AS (
     UPDATE steps SET {_STEP_SET}
-    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
       AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
 ), inserted AS (
     INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
@@ -65,51 +66,50 @@ WITH prior AS (
     FROM fence WHERE NOT EXISTS (SELECT 1 FROM prior)
 ), event AS (
     INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
-    SELECT $1::uuid, fence.event_seq, fence.tenant_id, 'step', $21::json, $4::timestamptz
-    FROM fence WHERE NOT $20::bool
+    SELECT $1::uuid, fence.event_seq, fence.tenant_id, 'step', $20::json, $3::timestamptz
+    FROM fence WHERE NOT $19::bool
 )
 SELECT event_seq FROM fence
 """
 
-# As RECORD_STEP for the final step ($22: is there one; $3 is NULL: the lease ends), then the
-# end: $23 status, $24 result, $25 error, $26 error code, $27 stop reason; events ($21 step,
-# $28 status, $29 done).
+# As RECORD_STEP for the final step ($21: is there one), then the end: $22 status, $23 result,
+# $24 error, $25 error code, $26 stop reason; events ($20 step, $27 status, $28 done).
 FINISH = f"""
 WITH prior AS (
     SELECT 1 FROM steps
-    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
-      AND $22::bool
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
+      AND $21::bool
 ), fence AS (
     UPDATE executions SET
-        status = $23::varchar,
-        result = $24::text,
-        error = $25::text,
-        error_code = $26::varchar,
-        stop_reason = $27::varchar,
-        completed_at = $4::timestamptz,
-        lease_until = $3::timestamptz,
-        updated_at = $4::timestamptz,
+        status = $22::varchar,
+        result = $23::text,
+        error = $24::text,
+        error_code = $25::varchar,
+        stop_reason = $26::varchar,
+        completed_at = $3::timestamptz,
+        lease_until = NULL,
+        updated_at = $3::timestamptz,
         input_tokens = input_tokens
-            + CASE WHEN NOT $22::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $15::int END,
+            + CASE WHEN NOT $21::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $14::int END,
         output_tokens = output_tokens
-            + CASE WHEN NOT $22::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $16::int END,
-        event_seq = event_seq + CASE WHEN $22::bool THEN 3 ELSE 2 END
+            + CASE WHEN NOT $21::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $15::int END,
+        event_seq = event_seq + CASE WHEN $21::bool THEN 3 ELSE 2 END
     WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
     RETURNING event_seq, tenant_id
 ), completed AS (
     UPDATE steps SET {_STEP_SET}
-    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $5::int AND partial
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
       AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
 ), inserted AS (
     INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
     SELECT $1::uuid, fence.tenant_id, $2::int, {_STEP_VALUES}
-    FROM fence WHERE $22::bool AND NOT EXISTS (SELECT 1 FROM prior)
+    FROM fence WHERE $21::bool AND NOT EXISTS (SELECT 1 FROM prior)
 ), event AS (
     INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
-    SELECT $1::uuid, fence.event_seq - v.back, fence.tenant_id, v.type, v.data, $4::timestamptz
-    FROM fence, (VALUES (2, 'step', $21::json), (1, 'status', $28::json), (0, 'done', $29::json))
+    SELECT $1::uuid, fence.event_seq - v.back, fence.tenant_id, v.type, v.data, $3::timestamptz
+    FROM fence, (VALUES (2, 'step', $20::json), (1, 'status', $27::json), (0, 'done', $28::json))
         AS v (back, type, data)
-    WHERE $22::bool OR v.type <> 'step'
+    WHERE $21::bool OR v.type <> 'step'
 )
 SELECT event_seq FROM fence
 """
@@ -132,15 +132,14 @@ def _step_event(step: StepRecord, attempt: int) -> dict[str, Any]:
 
 
 async def record_step(
-    conn: AsyncConnection, execution: Execution, step: StepRecord, *, lease_until: datetime,
-    now: datetime,
-) -> Event | None:  # fmt: skip
+    conn: AsyncConnection, execution: Execution, step: StepRecord, *, now: datetime
+) -> Event | None:
     """`jobs.record_step` in one statement."""
     data = None if step.partial else _step_event(step, execution.attempt)
     seq = await fastpath.fetchval(
         conn,
         RECORD_STEP,
-        execution.id, execution.attempt, lease_until, now, *_step_args(step),
+        execution.id, execution.attempt, now, *_step_args(step),
         None if data is None else json_dumps(data),
     )  # fmt: skip
     if seq is None:
@@ -163,7 +162,7 @@ async def finish(
     seq = await fastpath.fetchval(
         conn,
         FINISH,
-        execution.id, execution.attempt, None, now,
+        execution.id, execution.attempt, now,
         *(_EMPTY_STEP if final_step is None else _step_args(final_step)),
         None if step_data is None else json_dumps(step_data),
         final_step is not None,

@@ -277,9 +277,7 @@ class Worker:
         )
 
     async def _record(self, execution: Execution, step: StepRecord) -> None:
-        event = await jobs.write_step(
-            self.db, execution, step, lease_s=self.settings.lease_s, now=utcnow()
-        )
+        event = await jobs.write_step(self.db, execution, step, now=utcnow())
         if event is not None:
             await notify(self.bus, execution.id, [event])
 
@@ -292,7 +290,6 @@ class Worker:
             execution,
             outcome,
             final_step=final_step,
-            lease_s=self.settings.lease_s,
             now=utcnow(),
         )
         await notify(self.bus, execution.id, events)
