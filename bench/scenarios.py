@@ -594,7 +594,9 @@ class Bench:
                 "urls": platform.api_urls,
                 "rate": plan.read_rate,
                 "duration_s": plan.read_duration_s,
-                "warmup_s": 1.0,
+                # a fresh api process opens its pool connections and has asyncpg introspect
+                # and prepare its statements on each: seconds of start-up, not steady state
+                "warmup_s": 3.0,
                 "paths": datascale.request_paths(plan.rows, 1000),
             }
             self.sampler.reset()
