@@ -1,12 +1,13 @@
 """The worker's writes on PostgreSQL, one statement each.
 
-`jobs.py` writes a step in one transaction of three statements, and ends an execution with
-five; with BEGIN and COMMIT an execution costs about 24 round trips. Here each write is one
-statement whose data-modifying CTEs do the same work (fence and lease, the step row, token
-counts, the numbered event), atomic without an explicit transaction: 5 round trips per
-execution, and a fraction of the CPU on both sides. The semantics are those of `jobs.py`,
-which remains the implementation on SQLite and wherever a webhook delivery is enqueued in
-the same transaction; the worker tests run both.
+`jobs.py` writes a step in one transaction of up to three statements, and ends an execution
+with up to five; with BEGIN and COMMIT a 2-step execution costs the worker about 24 round
+trips. Here each write is one statement whose data-modifying CTEs do the same work (the
+fence, the step row, token counts, the numbered events), atomic without an explicit
+transaction: 6 round trips for that execution (claim, four step writes, end), and a fraction
+of the CPU on both sides. The semantics are those of `jobs.py`, which remains the
+implementation on SQLite and wherever a webhook delivery is enqueued in the same
+transaction; `tests/integration/test_queue.py` holds both to the same rows and events.
 
 Every CTE sees the same snapshot: `prior` (the step's partial row) is read before `fence`
 changes anything, which is what decides whether the step's tokens were already counted.
