@@ -38,6 +38,21 @@ _STEP_SET = """type = $5::varchar, started_at = $6::timestamptz, duration_ms = $
     tool_calls = $12::json, error = $13::text, input_tokens = $14::int, output_tokens = $15::int,
     retries = $16::int, final_answer = $17::text, note = $18::text, partial = $19::bool"""
 
+
+def _step_row(wanted: str) -> str:
+    """The CTEs that store the step ($4..$19) when `wanted`: its partial row (`prior`)
+    completed in place, or a new row; both only if `fence` (the fenced UPDATE) matched."""
+    return f"""completed AS (
+    UPDATE steps SET {_STEP_SET}
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
+      AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
+), inserted AS (
+    INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
+    SELECT $1::uuid, fence.tenant_id, $2::int, {_STEP_VALUES}
+    FROM fence WHERE {wanted} AND NOT EXISTS (SELECT 1 FROM prior)
+)"""
+
+
 # $1 execution id, $2 attempt, $3 now, $4..$19 the step, $20 the step event's data (NULL for a
 # partial write, which has no event). The lease is the heartbeat's business: a step write
 # leaves `lease_until` alone, so it changes no indexed column and PostgreSQL can update the
@@ -57,15 +72,7 @@ WITH prior AS (
         event_seq = event_seq + CASE WHEN $19::bool THEN 0 ELSE 1 END
     WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
     RETURNING event_seq, tenant_id
-), completed AS (
-    UPDATE steps SET {_STEP_SET}
-    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
-      AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
-), inserted AS (
-    INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
-    SELECT $1::uuid, fence.tenant_id, $2::int, {_STEP_VALUES}
-    FROM fence WHERE NOT EXISTS (SELECT 1 FROM prior)
-), event AS (
+), {_step_row("TRUE")}, event AS (
     INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
     SELECT $1::uuid, fence.event_seq, fence.tenant_id, 'step', $20::json, $3::timestamptz
     FROM fence WHERE NOT $19::bool
@@ -97,15 +104,7 @@ WITH prior AS (
         event_seq = event_seq + CASE WHEN $21::bool THEN 3 ELSE 2 END
     WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
     RETURNING event_seq, tenant_id
-), completed AS (
-    UPDATE steps SET {_STEP_SET}
-    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
-      AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
-), inserted AS (
-    INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
-    SELECT $1::uuid, fence.tenant_id, $2::int, {_STEP_VALUES}
-    FROM fence WHERE $21::bool AND NOT EXISTS (SELECT 1 FROM prior)
-), event AS (
+), {_step_row("$21::bool")}, event AS (
     INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
     SELECT $1::uuid, fence.event_seq - v.back, fence.tenant_id, v.type, v.data, $3::timestamptz
     FROM fence, (VALUES (2, 'step', $20::json), (1, 'status', $27::json), (0, 'done', $28::json))

@@ -139,26 +139,10 @@ class _SilentLogger(AgentLogger):
     def __init__(self) -> None:
         super().__init__(level=LogLevel.OFF)
 
-    def log(self, *args: Any, **kwargs: Any) -> None:
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    def log_error(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def log_markdown(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def log_code(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def log_rule(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def log_task(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def log_messages(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    log = log_error = log_markdown = log_code = log_rule = log_task = log_messages = _nothing
 
 
 _SILENT_LOGGER = _SilentLogger()
