@@ -29,6 +29,7 @@ from agent_platform.runtime.sandbox import (
     SandboxTimeout,
     _sweep_stale_base_dirs,
 )
+from tests.unit.sandbox_pools import spawned, started_pool
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 
@@ -45,28 +46,17 @@ LIMITS = SandboxLimits(
 
 @pytest.fixture(scope="module")
 def pool():
-    saved = dict(os.environ)
-    os.environ.update({"AGENT_PLATFORM_CANARY": CANARY, "DATABASE_URL": f"postgres://{CANARY}"})
-    p = SandboxPool(
-        limits=LIMITS, authorized_imports=["math", "json"], prefork=2, _allow_raw_exec=True
-    )
-    p.start()
-    try:
+    secrets = {"AGENT_PLATFORM_CANARY": CANARY, "DATABASE_URL": f"postgres://{CANARY}"}
+    with started_pool(
+        secrets, limits=LIMITS, authorized_imports=["math", "json"], prefork=2, _allow_raw_exec=True
+    ) as p:
         yield p
-    finally:
-        p.stop()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture
 def sbx(pool):
-    ex = pool.spawn(execution_id="test")
-    ex.send_tools({"final_answer": FinalAnswerTool()})
-    try:
+    with spawned(pool, "test") as ex:
         yield ex
-    finally:
-        ex.close()
 
 
 class CountingTool(Tool):

@@ -14,7 +14,6 @@ import socket
 import sys
 
 import pytest
-from smolagents.default_tools import FinalAnswerTool
 from smolagents.local_python_executor import InterpreterError
 
 from agent_platform.runtime.sandbox import (
@@ -23,6 +22,7 @@ from agent_platform.runtime.sandbox import (
     SandboxPool,
     SandboxTimeout,
 )
+from tests.unit.sandbox_pools import spawned, started_pool
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")
 
@@ -72,26 +72,16 @@ def unix(path):
 
 @pytest.fixture(scope="module")
 def pool():
-    saved = dict(os.environ)
-    os.environ.update(SECRET_ENV)
-    p = SandboxPool(limits=LIMITS, authorized_imports=["math"], prefork=2, _allow_raw_exec=True)
-    p.start()
-    try:
+    with started_pool(
+        SECRET_ENV, limits=LIMITS, authorized_imports=["math"], prefork=2, _allow_raw_exec=True
+    ) as p:
         yield p
-    finally:
-        p.stop()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture
 def sbx(pool):
-    ex = pool.spawn(execution_id="escape")
-    ex.send_tools({"final_answer": FinalAnswerTool()})
-    try:
+    with spawned(pool, "escape") as ex:
         yield ex
-    finally:
-        ex.close()
 
 
 def raw(ex, code: str):
