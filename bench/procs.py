@@ -301,13 +301,7 @@ def start_server_mode(
     for _ in range(worker_procs):
         argv = [*command("worker", gc_trace), "--concurrency", str(slots), "--grace", "2"]
         platform.workers.append(procs.spawn("worker", argv, env=worker_env, cwd=run_dir))
-    for _ in range(api_procs):
-        port = free_port()
-        argv = [*command("api", gc_trace), "--host", LOOPBACK, "--port", str(port)]
-        platform.api.append(procs.spawn("api", argv, env=env, cwd=run_dir))
-        platform.api_urls.append(f"http://{LOOPBACK}:{port}")
-    for proc, url in zip(platform.api, platform.api_urls, strict=True):
-        wait_ready(proc, url)
+    _start_apis(procs, platform, "api", api_procs, env, run_dir, gc_trace)
     for proc in platform.workers:
         wait_sandbox(proc, prefork)
     return platform
@@ -337,14 +331,27 @@ def start_api_only(
         },
     )
     platform = Platform("server", [])
+    _start_apis(procs, platform, "api-read", count, env, run_dir, gc_trace)
+    return platform
+
+
+def _start_apis(
+    procs: ProcessSet,
+    platform: Platform,
+    name: str,
+    count: int,
+    env: dict[str, str],
+    run_dir: Path,
+    gc_trace: bool,
+) -> None:
+    """`count` api processes, each on its own port, added to `platform` once ready."""
     for _ in range(count):
         port = free_port()
         argv = [*command("api", gc_trace), "--host", LOOPBACK, "--port", str(port)]
-        platform.api.append(procs.spawn("api-read", argv, env=env, cwd=run_dir))
+        platform.api.append(procs.spawn(name, argv, env=env, cwd=run_dir))
         platform.api_urls.append(f"http://{LOOPBACK}:{port}")
     for proc, url in zip(platform.api, platform.api_urls, strict=True):
         wait_ready(proc, url)
-    return platform
 
 
 def start_embedded(

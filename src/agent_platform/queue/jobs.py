@@ -216,7 +216,6 @@ async def record_step(
             },
         )
         completed_partial = done.rowcount == 1  # its tokens were counted when it was partial
-    counted = completed_partial
     seq = (
         await fastpath.execute(
             conn,
@@ -225,8 +224,8 @@ async def record_step(
                 "eid": execution.id,
                 "b_attempt": execution.attempt,
                 "now": now,
-                "add_in": 0 if counted else step.input_tokens,
-                "add_out": 0 if counted else step.output_tokens,
+                "add_in": 0 if completed_partial else step.input_tokens,
+                "add_out": 0 if completed_partial else step.output_tokens,
                 "add_events": 0 if step.partial else 1,
             },
         )

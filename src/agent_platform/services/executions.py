@@ -27,7 +27,7 @@ from agent_platform.runtime.providers import Providers
 from agent_platform.store import idempotency, repos
 from agent_platform.store import sessions as session_repo
 from agent_platform.store.db import Database
-from agent_platform.store.event_log import Event, EventType, notify
+from agent_platform.store.event_log import Event, notify
 from agent_platform.tools.registry import ToolRegistry
 
 OnBusy = Literal["enqueue", "reject", "interrupt"]
@@ -190,15 +190,12 @@ class ExecutionService:
         Returns the existing execution when the Idempotency-Key was used before."""
         interrupted: list[Execution] = []
         events: list[tuple[str, list[Event]]] = []
+        # The `execution` event gets no live-stream notice: nobody can follow an execution
+        # before it exists, and readers start from the database.
         first = {"execution_id": execution.id, "status": "queued"}
-        created = [
-            Event(seq=1, type=EventType.EXECUTION, data=first, created_at=execution.created_at)
-        ]
         if idempotency_key is None and execution.session_id is None and not self.db.is_sqlite:
             async with self.db.connect() as conn:  # one statement: atomic on its own
                 await repos.create_execution(conn, execution, first)
-            # no live-stream notice for the `execution` event: nobody can follow an execution
-            # before it exists, and readers start from the database
             await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
             return None
         async with self.db.begin() as conn:
@@ -234,7 +231,6 @@ class ExecutionService:
                     else:
                         await repos.request_cancel(conn, tenant_id, ex.id, now=now)
             await repos.create_execution(conn, execution, first)  # event_seq = 1
-            events.append((execution.id, created))
         for execution_id, appended in events:
             await notify(self.bus, execution_id, appended)
         for ex in interrupted:
