@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         "ap", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Prefix of every Redis key/channel."
     )
     db_pool_size: int = Field(
-        10, ge=1, le=200, description="Connections per process (plus as many for bursts)."
+        10, ge=1, le=200, description="Connections each process keeps open (a fixed pool)."
     )
     data_dir: Path = Field(Path("data"), description="Where embedded mode keeps its SQLite file.")
 

@@ -72,8 +72,11 @@ class Database:
                 kwargs["poolclass"] = NullPool
         else:
             kwargs.update(
+                # A fixed pool: a burst waits microseconds for a free connection. Overflow
+                # connections would be opened and closed again under sustained load, each a
+                # PostgreSQL backend fork plus asyncpg's type introspection.
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=0,
                 pool_timeout=30,
                 pool_pre_ping=False,
                 pool_recycle=1800,
