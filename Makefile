@@ -25,7 +25,11 @@ test: $(VENV)/.test-installed
 	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/pytest
 
-bench: $(VENV)/.test-installed
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.test-installed $(VENV)/.installed
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py
 
 clean:

@@ -1,7 +1,7 @@
 """Load generator, run as its own process: `python -m bench.load < config.json`.
 
 It prints one JSON line with the results. Its own process so it neither shares a GIL with the
-orchestrator (which samples /proc every 100 ms) nor hides its CPU use: it reports the CPU it
+orchestrator (which samples /proc every 250 ms) nor hides its CPU use: it reports the CPU it
 consumed itself, which on a 2-core machine is CPU the platform did not get.
 
 * `closed` loop: `c` slots, each with its own keep-alive `httpx.AsyncClient`, each starting

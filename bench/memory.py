@@ -1,6 +1,6 @@
 """Memory and CPU of process trees, read from /proc (Linux only, no psutil needed).
 
-* RSS is sampled every 100 ms (`RssSampler`) because the interesting number is the peak while
+* RSS is sampled every 250 ms (`RssSampler`) because the interesting number is the peak while
   a scenario runs, and a process's RSS can fall again once its load is gone.
 * PSS (`smaps_rollup`) divides shared pages among the processes sharing them; it is the only
   fair measure for the sandbox children, which are forked from a zygote and share most of
@@ -19,7 +19,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 PG_PORT = 5432
-PG_EVERY = 5  # count PostgreSQL connections on every 5th RSS sample (every 0.5 s)
+PG_EVERY = 2  # count PostgreSQL connections on every 2nd RSS sample (every 0.5 s)
 Group = tuple[Callable[[], list[int]], bool]  # (pids to watch, include their descendants)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -76,7 +76,7 @@ class Bench:
         log_dir = run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.procs = ProcessSet(log_dir)
-        self.sampler = RssSampler(0.1).start()
+        self.sampler = RssSampler(0.25).start()
         self.results: dict[str, Any] = {"scenarios": {}}
         self.raw: dict[tuple[int, float], float] = {}  # (c, latency) → raw throughput
         self.served = 0  # executions served by the current server-mode api processes

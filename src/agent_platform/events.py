@@ -24,6 +24,21 @@ _KEEP_SUBSCRIBED = "bus"  # a pub/sub connection must hold a subscription to be 
 STREAM_MAXLEN = 512  # per execution; the database keeps the whole history anyway
 STREAM_TTL_S = 3600
 
+# One command per append, however many entries: KEYS[1] the stream; ARGV[1] its length cap,
+# ARGV[2] its time to live, ARGV[3] what to publish on the channel of the same name ("" for
+# nothing), ARGV[4..] the entries. As a pipeline (XADDs, EXPIRE, PUBLISH) the client packs and
+# parses every command: three times the CPU for the same round trip.
+_APPEND_LUA = """
+for i = 4, #ARGV do
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then
+    redis.call('PUBLISH', KEYS[1], ARGV[3])
+end
+return 0
+"""
+
 
 class EventBus(Protocol):
     """Pub/sub channels (wake-ups, ends of executions) and bounded per-execution streams (the
@@ -169,6 +184,7 @@ class RedisBus:
         # blocking reads (XREAD BLOCK) need connections without a short socket timeout
         self._reader_redis = redis.from_url(url, socket_connect_timeout=5)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._append = self._redis.register_script(_APPEND_LUA)  # EVALSHA, loaded on first use
         self._fanout = _Fanout()
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -227,16 +243,10 @@ class RedisBus:
         self, stream: str, *messages: dict[str, Any], publish: dict[str, Any] | None = None
     ) -> None:
         key = self._prefix + stream
+        args = [STREAM_MAXLEN, STREAM_TTL_S, b"" if publish is None else orjson.dumps(publish)]
+        args += [orjson.dumps(message) for message in messages]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for message in messages:
-                    pipe.xadd(
-                        key, {"m": orjson.dumps(message)}, maxlen=STREAM_MAXLEN, approximate=True
-                    )
-                pipe.expire(key, STREAM_TTL_S)
-                if publish is not None:
-                    pipe.publish(key, orjson.dumps(publish))
-                await pipe.execute()
+            await self._append(keys=[key], args=args)
         except Exception as exc:  # best effort: readers also poll the database
             log.warning("redis stream append to %s failed: %s", key, exc)
 
