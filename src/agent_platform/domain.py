@@ -71,6 +71,9 @@ class StepRecord:
     final_answer: str | None = None
     note: str | None = None
     partial: bool = False  # the model answered; the step's code has not finished yet
+    # not stored: the step's code gave the final answer, so the run ends an instant later and
+    # the worker writes this step with the end
+    ends_run: bool = False
 
 
 @dataclass(frozen=True)

@@ -174,6 +174,11 @@ async def _run_through(db: Database, execution: Execution, *, one_statement: boo
         step=2, type=StepType.ACTION, started_at=now, duration_ms=0, model_output="m2",
         input_tokens=20, output_tokens=6, partial=True,
     )  # fmt: skip
+    answered = StepRecord(
+        step=2, type=StepType.ACTION, started_at=now, duration_ms=3, model_output="m2",
+        code="final_answer(42)", observation="42", input_tokens=20, output_tokens=6,
+        ends_run=True,
+    )  # fmt: skip
     final = StepRecord(
         step=3, type=StepType.FINAL_ANSWER, started_at=now, duration_ms=0, final_answer="42"
     )
@@ -186,7 +191,7 @@ async def _run_through(db: Database, execution: Execution, *, one_statement: boo
         )
         for record in (partial, done, second):
             await jobs.write_step(db, claimed, record, now=now)
-        ended = await jobs.end(db, claimed, outcome, final_step=final, now=now)
+        ended = await jobs.end(db, claimed, outcome, final_steps=[answered, final], now=now)
     else:
         async with db.begin() as conn:
             ((claimed, claim_events),) = await jobs.claim(
@@ -196,15 +201,19 @@ async def _run_through(db: Database, execution: Execution, *, one_statement: boo
             async with db.begin() as conn:
                 await jobs.record_step(conn, claimed, record, now=now)
         async with db.begin() as conn:
-            ended = [await jobs.record_step(conn, claimed, final, now=now)]
+            ended = [await jobs.record_step(conn, claimed, answered, now=now)]
+            ended.append(await jobs.record_step(conn, claimed, final, now=now))
             ended += await jobs.finish(conn, claimed, outcome, now=now)
     assert claimed.id == execution.id
     assert [(e.seq, e.type, e.data) for e in claim_events] == [
         (2, EventType.STATUS, {"status": "running", "attempt": 1})
     ]
-    assert [(e.seq, e.type) for e in ended if e is not None] == [
-        (4, EventType.STEP), (5, EventType.STATUS), (6, EventType.DONE)
-    ]  # fmt: skip
+    assert [(e.seq, e.type, e.data) for e in ended if e is not None] == [
+        (4, EventType.STEP, {"step": 2, "attempt": 1}),
+        (5, EventType.STEP, {"step": 3, "attempt": 1}),
+        (6, EventType.STATUS, {"status": "completed"}),
+        (7, EventType.DONE, {"status": "completed"}),
+    ]
 
 
 async def _stored(db: Database, execution_id: str) -> tuple[Any, ...]:
@@ -253,8 +262,12 @@ async def test_worker_writes_match_the_transactional_ones(db: Database) -> None:
     assert fast == reference
     row, steps, events = fast
     assert row == (ExecutionStatus.COMPLETED, "42", "final_answer", 30, 11, 1)
-    assert [(s[1], s[3]) for s in steps] == [(1, False), (2, True), (3, False)]
-    assert [seq for seq, _, _ in events] == [1, 2, 3, 4, 5, 6]
+    assert [(s[1], s[3], s[6]) for s in steps] == [
+        (1, False, "ok"),
+        (2, False, "42"),
+        (3, False, None),
+    ]
+    assert [seq for seq, _, _ in events] == [1, 2, 3, 4, 5, 6, 7]
 
 
 async def test_worker_writes_are_fenced(db: Database) -> None:
@@ -269,12 +282,12 @@ async def test_worker_writes_are_fenced(db: Database) -> None:
         await jobs.write_step(db, a, step(1), now=utcnow())
     with pytest.raises(LeaseLost):
         await jobs.end(
-            db, a, RunOutcome(ExecutionStatus.COMPLETED, result="stale"), final_step=None,
+            db, a, RunOutcome(ExecutionStatus.COMPLETED, result="stale"), final_steps=(),
             now=utcnow(),
         )  # fmt: skip
     await jobs.write_step(db, b, step(1), now=utcnow())
     await jobs.end(
-        db, b, RunOutcome(ExecutionStatus.COMPLETED, result="fresh"), final_step=None,
+        db, b, RunOutcome(ExecutionStatus.COMPLETED, result="fresh"), final_steps=(),
         now=utcnow(),
     )  # fmt: skip
     row, steps, _ = await _stored(db, ex.id)

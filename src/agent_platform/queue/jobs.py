@@ -13,6 +13,7 @@ statement (`pg_writes.py`) and elsewhere run the functions below in a transactio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, exists, func, or_, select, update
@@ -101,7 +102,7 @@ _STEP_FENCE = (  # not the lease (the heartbeat's): no indexed column changes, a
     .returning(executions.c.event_seq)
 )
 _STEP_INSERT = steps.insert()
-_STEP_COLUMNS = tuple(StepRecord.__dataclass_fields__)
+_STEP_COLUMNS = tuple(name for name in StepRecord.__dataclass_fields__ if name in steps.c)
 _STEP_FIELDS = [name for name in _STEP_COLUMNS if name != "step"]
 _STEP_COMPLETE = (
     update(steps)
@@ -416,17 +417,18 @@ async def end(
     execution: Execution,
     outcome: RunOutcome,
     *,
-    final_step: StepRecord | None,
+    final_steps: Sequence[StepRecord] = (),
     now: datetime,
 ) -> list[Event]:
-    """The final step (if any) and `finish`, committed together."""
+    """The run's last steps (the one whose code gave the answer, the final answer) and
+    `finish`, committed together: they are written an instant apart."""
     if db.is_sqlite or execution.webhook_url:
         async with db.begin() as conn:
             events: list[Event] = []
-            if final_step is not None:
-                event = await record_step(conn, execution, final_step, now=now)
+            for step in final_steps:
+                event = await record_step(conn, execution, step, now=now)
                 events.extend([event] if event else [])
             events.extend(await finish(conn, execution, outcome, now=now))
             return events
     async with db.connect() as conn:
-        return await pg_writes.finish(conn, execution, outcome, final_step=final_step, now=now)
+        return await pg_writes.finish(conn, execution, outcome, final_steps=final_steps, now=now)

@@ -4,10 +4,11 @@
 with up to five; with BEGIN and COMMIT a 2-step execution costs the worker about 24 round
 trips. Here each write is one statement whose data-modifying CTEs do the same work (the
 fence, the step row, token counts, the numbered events), atomic without an explicit
-transaction: 6 round trips for that execution (claim, four step writes, end), and a fraction
-of the CPU on both sides. The semantics are those of `jobs.py`, which remains the
-implementation on SQLite and wherever a webhook delivery is enqueued in the same
-transaction; `tests/integration/test_queue.py` holds both to the same rows and events.
+transaction: 5 round trips for that execution (claim, three step writes, and the end, which
+also completes the last step), and a fraction of the CPU on both sides. The semantics are
+those of `jobs.py`, which remains the implementation on SQLite and wherever a webhook
+delivery is enqueued in the same transaction; `tests/integration/test_queue.py` holds both to
+the same rows and events.
 
 Every CTE sees the same snapshot: `prior` (the step's partial row) is read before `fence`
 changes anything, which is what decides whether the step's tokens were already counted.
@@ -15,6 +16,7 @@ changes anything, which is what decides whether the step's tokens were already c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,23 +35,23 @@ _STEP_VALUES = """$4::int, $5::varchar, $6::timestamptz, $7::int, $8::text, $9::
     $18::text, $19::bool"""
 _STEP_COLUMNS = """step, type, started_at, duration_ms, model_output, thought, code, observation,
     tool_calls, error, input_tokens, output_tokens, retries, final_answer, note, partial"""
+_STEP_NAMES = [name.strip() for name in _STEP_COLUMNS.split(",")]
 _STEP_SET = """type = $5::varchar, started_at = $6::timestamptz, duration_ms = $7::int,
     model_output = $8::text, thought = $9::text, code = $10::text, observation = $11::text,
     tool_calls = $12::json, error = $13::text, input_tokens = $14::int, output_tokens = $15::int,
     retries = $16::int, final_answer = $17::text, note = $18::text, partial = $19::bool"""
 
 
-def _step_row(wanted: str) -> str:
-    """The CTEs that store the step ($4..$19) when `wanted`: its partial row (`prior`)
-    completed in place, or a new row; both only if `fence` (the fenced UPDATE) matched."""
-    return f"""completed AS (
+# The CTEs that store the step ($4..$19): its partial row (`prior`) completed in place, or a
+# new row; both only if `fence` (the fenced UPDATE) matched.
+_STEP_ROW = f"""completed AS (
     UPDATE steps SET {_STEP_SET}
     WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
       AND EXISTS (SELECT 1 FROM prior) AND EXISTS (SELECT 1 FROM fence)
 ), inserted AS (
     INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
     SELECT $1::uuid, fence.tenant_id, $2::int, {_STEP_VALUES}
-    FROM fence WHERE {wanted} AND NOT EXISTS (SELECT 1 FROM prior)
+    FROM fence WHERE NOT EXISTS (SELECT 1 FROM prior)
 )"""
 
 
@@ -72,7 +74,7 @@ WITH prior AS (
         event_seq = event_seq + CASE WHEN $19::bool THEN 0 ELSE 1 END
     WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
     RETURNING event_seq, tenant_id
-), {_step_row("TRUE")}, event AS (
+), {_STEP_ROW}, event AS (
     INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
     SELECT $1::uuid, fence.event_seq, fence.tenant_id, 'step', $20::json, $3::timestamptz
     FROM fence WHERE NOT $19::bool
@@ -80,42 +82,65 @@ WITH prior AS (
 SELECT event_seq FROM fence
 """
 
-# As RECORD_STEP for the final step ($21: is there one), then the end: $22 status, $23 result,
-# $24 error, $25 error code, $26 stop reason; events ($20 step, $27 status, $28 done).
+_STEP_TYPES = ("int", "varchar", "timestamptz", "int", "text", "text", "text", "text", "json",
+               "text", "int", "int", "int", "text", "text", "bool")  # fmt: skip
+
+# The end of a run: its last steps ($4..$19, one array per column in _STEP_COLUMNS order; $20
+# their events' data), usually the action step whose code gave the answer and the final-answer
+# step, stored as RECORD_STEP stores each, then the end itself: $21 status, $22 result, $23
+# error, $24 error code, $25 stop reason; events: the steps', then status ($26) and done ($27).
 FINISH = f"""
-WITH prior AS (
-    SELECT 1 FROM steps
-    WHERE execution_id = $1::uuid AND attempt = $2::int AND step = $4::int AND partial
-      AND $21::bool
+WITH input AS (
+    SELECT * FROM unnest({", ".join(f"${n}::{t}[]" for n, t in enumerate(_STEP_TYPES, 4))},
+                         $20::json[]) WITH ORDINALITY
+        AS v ({_STEP_COLUMNS}, event, ord)
+), prior AS (
+    SELECT step FROM steps
+    WHERE execution_id = $1::uuid AND attempt = $2::int AND partial
+      AND step IN (SELECT step FROM input)
+), counted AS (
+    SELECT count(*) AS steps,
+           coalesce(sum(input_tokens) FILTER (WHERE step NOT IN (SELECT step FROM prior)), 0)
+               AS input_tokens,
+           coalesce(sum(output_tokens) FILTER (WHERE step NOT IN (SELECT step FROM prior)), 0)
+               AS output_tokens
+    FROM input
 ), fence AS (
     UPDATE executions SET
-        status = $22::varchar,
-        result = $23::text,
-        error = $24::text,
-        error_code = $25::varchar,
-        stop_reason = $26::varchar,
+        status = $21::varchar,
+        result = $22::text,
+        error = $23::text,
+        error_code = $24::varchar,
+        stop_reason = $25::varchar,
         completed_at = $3::timestamptz,
         lease_until = NULL,
         updated_at = $3::timestamptz,
-        input_tokens = input_tokens
-            + CASE WHEN NOT $21::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $14::int END,
-        output_tokens = output_tokens
-            + CASE WHEN NOT $21::bool OR EXISTS (SELECT 1 FROM prior) THEN 0 ELSE $15::int END,
-        event_seq = event_seq + CASE WHEN $21::bool THEN 3 ELSE 2 END
+        input_tokens = executions.input_tokens + counted.input_tokens,
+        output_tokens = executions.output_tokens + counted.output_tokens,
+        event_seq = event_seq + counted.steps + 2
+    FROM counted
     WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
-    RETURNING event_seq, tenant_id
-), {_step_row("$21::bool")}, event AS (
+    RETURNING event_seq, tenant_id, counted.steps
+), completed AS (
+    UPDATE steps SET {", ".join(f"{c} = v.{c}" for c in _STEP_NAMES[1:])}
+    FROM input AS v
+    WHERE steps.execution_id = $1::uuid AND steps.attempt = $2::int AND steps.step = v.step
+      AND steps.partial AND v.step IN (SELECT step FROM prior) AND EXISTS (SELECT 1 FROM fence)
+), inserted AS (
+    INSERT INTO steps (execution_id, tenant_id, attempt, {_STEP_COLUMNS})
+    SELECT $1::uuid, fence.tenant_id, $2::int, {", ".join(f"v.{c}" for c in _STEP_NAMES)}
+    FROM fence, input AS v WHERE v.step NOT IN (SELECT step FROM prior)
+), event AS (
     INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
+    SELECT $1::uuid, fence.event_seq - fence.steps - 2 + v.ord, fence.tenant_id, 'step',
+           v.event, $3::timestamptz
+    FROM fence, input AS v
+    UNION ALL
     SELECT $1::uuid, fence.event_seq - v.back, fence.tenant_id, v.type, v.data, $3::timestamptz
-    FROM fence, (VALUES (2, 'step', $20::json), (1, 'status', $27::json), (0, 'done', $28::json))
-        AS v (back, type, data)
-    WHERE $21::bool OR v.type <> 'step'
+    FROM fence, (VALUES (1, 'status', $26::json), (0, 'done', $27::json)) AS v (back, type, data)
 )
 SELECT event_seq FROM fence
 """
-
-_EMPTY_STEP: list[Any] = [0, "action", None, 0, None, None, None, None, "[]", None, 0, 0, 0, None,
-                          None, False]  # fmt: skip
 
 
 def _step_args(step: StepRecord) -> list[Any]:
@@ -151,30 +176,33 @@ async def record_step(
 
 async def finish(
     conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *,
-    final_step: StepRecord | None, now: datetime,
+    final_steps: Sequence[StepRecord], now: datetime,
 ) -> list[Event]:  # fmt: skip
-    """`jobs.record_step` (the final step, if any) and `jobs.finish` in one statement."""
+    """`jobs.record_step` for each of the run's last steps, and `jobs.finish`, in one
+    statement."""
     status = outcome.status.value
     (status_seq, status_type, status_data), (done_seq, done_type, done_data) = (
         event_log.status_events(0, status, final=True)
     )
-    step_data = None if final_step is None else _step_event(final_step, execution.attempt)
+    step_data = [_step_event(step, execution.attempt) for step in final_steps]
+    columns = zip(*(_step_args(step) for step in final_steps), strict=True)
     seq = await fastpath.fetchval(
         conn,
         FINISH,
         execution.id, execution.attempt, now,
-        *(_EMPTY_STEP if final_step is None else _step_args(final_step)),
-        None if step_data is None else json_dumps(step_data),
-        final_step is not None,
+        *(list(column) for column in columns) if final_steps else [[]] * len(_STEP_TYPES),
+        [json_dumps(data) for data in step_data],
         status, outcome.result, outcome.error, outcome.error_code,
         outcome.stop_reason.value if outcome.stop_reason else None,
         json_dumps(status_data), json_dumps(done_data),
     )  # fmt: skip
     if seq is None:
         raise LeaseLost(execution.id)
-    out = []
-    if step_data is not None:
-        out.append(Event(seq=seq - 2, type=EventType.STEP, data=step_data, created_at=now))
+    first = seq - len(final_steps) - 2 + 1
+    out = [
+        Event(seq=first + i, type=EventType.STEP, data=data, created_at=now)
+        for i, data in enumerate(step_data)
+    ]
     out.append(Event(seq=seq + status_seq, type=status_type, data=status_data, created_at=now))
     out.append(Event(seq=seq + done_seq, type=done_type, data=done_data, created_at=now))
     return out

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -222,7 +223,7 @@ class Worker:
                     return
             outcome = await run
             await writer.flush()
-            await self._finish(execution, outcome, final_step=writer.final_step)
+            await self._finish(execution, outcome, final_steps=writer.final_steps)
         except LeaseLost:
             log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
         except Drained:
@@ -282,16 +283,10 @@ class Worker:
             await notify(self.bus, execution.id, [event])
 
     async def _finish(
-        self, execution: Execution, outcome: RunOutcome, *, final_step: StepRecord | None = None
+        self, execution: Execution, outcome: RunOutcome, *, final_steps: Sequence[StepRecord] = ()
     ) -> None:
-        """The final answer step (if any) and the end, in one transaction."""
-        events = await jobs.end(
-            self.db,
-            execution,
-            outcome,
-            final_step=final_step,
-            now=utcnow(),
-        )
+        """The run's last steps (if any) and the end, in one transaction."""
+        events = await jobs.end(self.db, execution, outcome, final_steps=final_steps, now=utcnow())
         await notify(self.bus, execution.id, events)
         if execution.webhook_url:
             self.webhooks.notify()
@@ -330,19 +325,19 @@ class _StepWriter:
     completed step) is written without making the agent wait: the write starts at once, the
     agent goes on to its next model call, and the next write waits for the previous one, so
     rows stay in order and a lost lease still stops the agent at its next step. Every end of
-    the execution flushes first. The final-answer step is kept for the transaction that ends
-    the execution."""
+    the execution flushes first. The run's last steps (the one whose code gave the answer,
+    then the final answer) are kept for the statement that ends the execution."""
 
     def __init__(self, worker: Worker, execution: Execution, loop: asyncio.AbstractEventLoop):
         self.worker = worker
         self.execution = execution
         self.loop = loop
         self.pending: concurrent.futures.Future[None] | None = None
-        self.final_step: StepRecord | None = None
+        self.final_steps: list[StepRecord] = []
 
     def write(self, step: StepRecord) -> None:
-        if step.type is StepType.FINAL_ANSWER:
-            self.final_step = step
+        if step.type is StepType.FINAL_ANSWER or (step.ends_run and not step.partial):
+            self.final_steps.append(step)
             return
         self._wait_pending()
         self.pending = asyncio.run_coroutine_threadsafe(
@@ -361,9 +356,15 @@ class _StepWriter:
             await asyncio.wrap_future(pending)
 
     async def settle(self) -> None:
-        """Wait for the last write on the way out of an execution that ends anyway."""
+        """On the way out of an execution that ends without its answer (stopped, drained,
+        crashed): wait for the last write, then write a kept step whose code did run, so a
+        resumed attempt does not run it again."""
         with contextlib.suppress(Exception):
             await self.flush()
+            for step in self.final_steps:
+                if step.type is not StepType.FINAL_ANSWER:
+                    await self.worker._record(self.execution, step)
+        self.final_steps = []
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:

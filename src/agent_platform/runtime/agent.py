@@ -465,6 +465,7 @@ class _StepRecorder:
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
             retries=self.model.take_retries(),
+            ends_run=bool(getattr(memory_step, "is_final_answer", False)) and error is None,
         )
 
 
