@@ -294,8 +294,8 @@ def start_server_mode(
             **(extra_env or {}),
         },
     )
-    # WORKER_CONCURRENCY only for workers: the platform sizes each process's database pool
-    # as max(10, WORKER_CONCURRENCY) (+ as much overflow), which the api does not need
+    # WORKER_CONCURRENCY only for workers; every process keeps its own fixed database pool
+    # (DB_POOL_SIZE), which bursts wait on rather than grow
     worker_env = {**env, "WORKER_CONCURRENCY": str(slots)}
     platform = Platform("server", [], slots=slots)
     for _ in range(worker_procs):
