@@ -19,7 +19,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 PG_PORT = 5432
-PG_EVERY = 2  # count PostgreSQL connections on every 2nd RSS sample (every 0.5 s)
+PG_EVERY = 8  # count PostgreSQL connections on every 8th RSS sample (every 2 s)
 Group = tuple[Callable[[], list[int]], bool]  # (pids to watch, include their descendants)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
