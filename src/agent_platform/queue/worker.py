@@ -2,9 +2,9 @@
 
 Several executions run at once (`WORKER_CONCURRENCY` slots); the agent loop is synchronous
 (smolagents), so each runs in a bounded thread pool created once. Leases are extended by a
-heartbeat and by every recorded step; a reaper (in every worker) requeues executions whose
-worker died. Timeouts and cancels end an execution from here even while its thread is stuck;
-the thread's late writes are fenced out. `burst=True` drains the queue and returns.
+heartbeat; a reaper (in every worker) requeues executions whose worker died. Timeouts and
+cancels end an execution from here even while its thread is stuck; the thread's late writes
+are fenced out. `burst=True` drains the queue and returns.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ from agent_platform.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 1.0  # after a timeout/cancel, how long the agent may take to stop by itself
+# The "model answered" record of a step is written only if the step's code is still running
+# this long after: most code finishes sooner, and its completed record then carries all of it.
+PARTIAL_WRITE_DELAY_S = 0.05
 
 
 def new_worker_id() -> str:
@@ -321,18 +324,20 @@ class Worker:
 
 
 class _StepWriter:
-    """The agent thread's step sink. Each record (the "model answered" partial one, then the
-    completed step) is written without making the agent wait: the write starts at once, the
-    agent goes on to its next model call, and the next write waits for the previous one, so
-    rows stay in order and a lost lease still stops the agent at its next step. Every end of
-    the execution flushes first. The run's last steps (the one whose code gave the answer,
-    then the final answer) are kept for the statement that ends the execution."""
+    """The agent thread's step sink. Writes never make the agent wait: each starts at once
+    and the agent goes on to its next model call; the next write waits for the previous one,
+    so rows stay in order and a lost lease still stops the agent at its next step. A step's
+    "model answered" record is written only once its code has run for PARTIAL_WRITE_DELAY_S
+    (a long tool call, say); otherwise the completed record replaces it before it was due.
+    The run's last steps (the one whose code gave the answer, then the final answer) are kept
+    for the statement that ends the execution. Every end of the execution flushes first."""
 
     def __init__(self, worker: Worker, execution: Execution, loop: asyncio.AbstractEventLoop):
         self.worker = worker
         self.execution = execution
         self.loop = loop
         self.pending: concurrent.futures.Future[None] | None = None
+        self.due: _DuePartial | None = None  # loop side only
         self.final_steps: list[StepRecord] = []
 
     def write(self, step: StepRecord) -> None:
@@ -340,9 +345,22 @@ class _StepWriter:
             self.final_steps.append(step)
             return
         self._wait_pending()
-        self.pending = asyncio.run_coroutine_threadsafe(
-            self.worker._record(self.execution, step), self.loop
-        )
+        self.pending = asyncio.run_coroutine_threadsafe(self._write(step), self.loop)
+
+    async def _write(self, step: StepRecord) -> None:
+        await self._settle_due(write_now=False)
+        if step.partial:
+            self.due = _DuePartial(self, step)
+        else:
+            await self.worker._record(self.execution, step)
+
+    async def _settle_due(self, *, write_now: bool) -> None:
+        """A partial record not yet written is dropped (its step completed: the completed
+        record stands for it) or, with `write_now`, written at once; one being written is
+        waited for."""
+        due, self.due = self.due, None
+        if due is not None:
+            await due.settle(write_now=write_now)
 
     def _wait_pending(self) -> None:
         if self.pending is not None:
@@ -350,21 +368,57 @@ class _StepWriter:
             pending.result()
 
     async def flush(self) -> None:
-        """Wait for the last write; raises what it raised (LeaseLost)."""
+        """Wait for the last write; raises what it raised (LeaseLost). The kept steps are
+        complete, so a partial record still due is not written."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
             await asyncio.wrap_future(pending)
+        await self._settle_due(write_now=False)
 
     async def settle(self) -> None:
         """On the way out of an execution that ends without its answer (stopped, drained,
-        crashed): wait for the last write, then write a kept step whose code did run, so a
-        resumed attempt does not run it again."""
+        crashed): write what is due at once, and a kept step whose code did run, so a
+        resumed attempt neither loses the model's answer nor runs that code again."""
         with contextlib.suppress(Exception):
-            await self.flush()
-            for step in self.final_steps:
-                if step.type is not StepType.FINAL_ANSWER:
-                    await self.worker._record(self.execution, step)
+            if self.pending is not None:
+                pending, self.pending = self.pending, None
+                await asyncio.wrap_future(pending)
+        ran = [step for step in self.final_steps if step.type is not StepType.FINAL_ANSWER]
+        completed = {step.step for step in ran}
+        with contextlib.suppress(Exception):
+            await self._settle_due(
+                write_now=self.due is not None and self.due.step.step not in completed
+            )
+        with contextlib.suppress(Exception):
+            for step in ran:
+                await self.worker._record(self.execution, step)
         self.final_steps = []
+
+
+class _DuePartial:
+    """A step's "model answered" record, written after PARTIAL_WRITE_DELAY_S unless settled
+    first."""
+
+    def __init__(self, writer: _StepWriter, step: StepRecord) -> None:
+        self.writer = writer
+        self.step = step
+        self.started = False
+        self.task = asyncio.get_running_loop().create_task(self._write_when_due())
+
+    async def _write_when_due(self) -> None:
+        await asyncio.sleep(PARTIAL_WRITE_DELAY_S)
+        self.started = True
+        await self.writer.worker._record(self.writer.execution, self.step)
+
+    async def settle(self, *, write_now: bool) -> None:
+        if not self.started:
+            self.task.cancel()  # still asleep: nothing was written
+            if not write_now:
+                return
+            self.started = True
+            await self.writer.worker._record(self.writer.execution, self.step)
+            return
+        await self.task  # raises what the write raised (LeaseLost)
 
 
 def _ignore_result(future: asyncio.Future[Any]) -> None:
