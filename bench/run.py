@@ -206,7 +206,7 @@ def source_state() -> dict[str, Any]:
         out = subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
         )
-        return out.stdout.strip()
+        return out.stdout.rstrip("\n")  # not strip(): a status line starts with a space
 
     changed = [ln[3:] for ln in git("status", "--porcelain", "--", "src").splitlines()]
     return {"commit": git("rev-parse", "HEAD"), "src_changed_in_working_tree": changed}

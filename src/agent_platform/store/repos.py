@@ -167,9 +167,29 @@ def _execution_values(ex: Execution) -> dict[str, Any]:
     )
 
 
+# The execution and its steps in one round trip: the steps as an array of `steps` rows, which
+# asyncpg decodes into records (the JSON column through the codec SQLAlchemy installed).
+_GET_EXECUTION_WITH_STEPS = """
+SELECT e.*, ARRAY(
+    SELECT s FROM steps AS s
+    WHERE s.execution_id = e.id AND s.tenant_id = e.tenant_id
+    ORDER BY s.attempt, s.step
+) AS stored_steps
+FROM executions AS e
+WHERE e.id = $1::uuid AND e.tenant_id = $2::varchar
+"""
+
+
 async def get_execution(
     conn: AsyncConnection, tenant_id: str, execution_id: str, *, with_steps: bool = True
 ) -> Execution | None:
+    if with_steps and conn.dialect.name == "postgresql":
+        records = await fastpath.fetch(conn, _GET_EXECUTION_WITH_STEPS, execution_id, tenant_id)
+        if not records:
+            return None
+        ex = execution_from_row(fastpath.Row(records[0]))
+        _attach_steps(ex, [step_from_row(fastpath.Row(r)) for r in records[0]["stored_steps"]])
+        return ex
     row = (
         await fastpath.execute(conn, _GET_EXECUTION, {"eid": execution_id, "tid": tenant_id})
     ).first()
@@ -177,10 +197,13 @@ async def get_execution(
         return None
     ex = execution_from_row(row)
     if with_steps and ex.attempt > 0:
-        stored = await list_steps(conn, tenant_id, ex.id)
-        ex.steps = effective_steps(stored)
-        ex.abandoned_steps = abandoned_steps(stored, ex.attempt)
+        _attach_steps(ex, await list_steps(conn, tenant_id, ex.id))
     return ex
+
+
+def _attach_steps(ex: Execution, stored: list[StoredStep]) -> None:
+    ex.steps = effective_steps(stored)
+    ex.abandoned_steps = abandoned_steps(stored, ex.attempt)
 
 
 def abandoned_steps(stored: list[StoredStep], attempt: int) -> list[StoredStep]:
