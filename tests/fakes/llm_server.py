@@ -408,8 +408,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, out: _Outcome) -> None:
-        if out.sleep_s > 0:
-            self.server.owner._sleep(out.sleep_s)
+        # the latency is the whole call's: the time spent reading and answering counts in it
+        remaining = out.sleep_s - (time.monotonic() - self._started)
+        if remaining > 0:
+            self.server.owner._sleep(remaining)
         reason = {529: "Overloaded"}.get(out.status)
         self.send_response(out.status, reason)
         self.send_header("Content-Type", out.content_type)
@@ -421,9 +423,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_GET(self) -> None:
+        self._started = time.monotonic()
         self._dispatch("GET", b"")
 
     def do_POST(self) -> None:
+        self._started = time.monotonic()
         self._dispatch("POST", self._read_body())
 
     def _dispatch(self, method: str, raw: bytes) -> None:
@@ -449,9 +453,11 @@ class FakeLLMServer:
         *,
         strict_alternation: bool = True,
     ) -> None:
-        """``latency_ms`` is slept on every LLM call; ``strict_alternation`` rejects non-alternating
-        Anthropic messages with 400 (the live API now merges them; we keep the stricter check so
-        our client is held to the documented contract)."""
+        """Every LLM call takes ``latency_ms`` from its request to its answer (reading,
+        matching and encoding included, as a real provider's latency is);
+        ``strict_alternation`` rejects non-alternating Anthropic messages with 400 (the live API
+        now merges them; we keep the stricter check so our client is held to the documented
+        contract)."""
         self.latency_ms = latency_ms
         self.strict_alternation = strict_alternation
         self._host = host
