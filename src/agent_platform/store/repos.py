@@ -252,6 +252,23 @@ async def list_steps(
     return [step_from_row(r) for r in rows]
 
 
+def _list_statements(by_status: bool) -> tuple[Any, Any]:
+    where = [executions.c.tenant_id == bindparam("tid")]
+    if by_status:
+        where.append(executions.c.status == bindparam("status"))
+    page = (
+        select(executions)
+        .where(*where)
+        .order_by(executions.c.created_at.desc(), executions.c.id.desc())
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
+    )
+    return page, select(func.count()).select_from(executions).where(*where)
+
+
+_LIST = {by_status: _list_statements(by_status) for by_status in (False, True)}
+
+
 async def list_executions(
     conn: AsyncConnection,
     tenant_id: str,
@@ -260,19 +277,13 @@ async def list_executions(
     limit: int,
     offset: int,
 ) -> tuple[list[Execution], int]:
-    where = [executions.c.tenant_id == tenant_id]
+    page, counted = _LIST[status is not None]
+    where: dict[str, Any] = {"tid": tenant_id}
     if status is not None:
-        where.append(executions.c.status == status.value)
-    rows = await conn.execute(
-        select(executions)
-        .where(*where)
-        .order_by(executions.c.created_at.desc(), executions.c.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
+        where["status"] = status.value
+    rows = await fastpath.execute(conn, page, {**where, "limit": limit, "offset": offset})
     items = [execution_from_row(r) for r in rows]
-    counted = select(func.count()).select_from(executions).where(*where)
-    total = (await conn.execute(counted)).scalar_one()
+    total = (await fastpath.execute(conn, counted, where)).scalar_one()
     return items, int(total)
 
 
