@@ -90,3 +90,11 @@ async def test_a_stopped_execution_keeps_a_step_whose_code_ran() -> None:
     await asyncio.to_thread(writer.write, _step(2, type=StepType.FINAL_ANSWER))
     await writer.settle()
     assert recorder.written == [(1, False)]  # not the answer: the execution did not end with it
+
+
+async def test_nothing_is_written_once_the_lease_is_lost() -> None:
+    writer, recorder = _writer()
+    await asyncio.to_thread(writer.write, _step(1, partial=True))
+    writer.discard()
+    await asyncio.sleep(worker_module.PARTIAL_WRITE_DELAY_S * 2)
+    assert recorder.written == []

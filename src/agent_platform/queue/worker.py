@@ -228,6 +228,7 @@ class Worker:
             await writer.flush()
             await self._finish(execution, outcome, final_steps=writer.final_steps)
         except LeaseLost:
+            writer.discard()
             log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
         except Drained:
             await writer.settle()
@@ -361,6 +362,15 @@ class _StepWriter:
         due, self.due = self.due, None
         if due is not None:
             await due.settle(write_now=write_now)
+
+    def discard(self) -> None:
+        """The lease is lost: a partial record still due is never written (one already being
+        written is fenced out; its error is dropped)."""
+        due, self.due = self.due, None
+        if due is not None:
+            if not due.started:
+                due.task.cancel()
+            due.task.add_done_callback(_ignore_result)
 
     def _wait_pending(self) -> None:
         if self.pending is not None:
