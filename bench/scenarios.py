@@ -51,7 +51,7 @@ from bench.procs import (
     start_server_mode,
     stop_platform,
 )
-from bench.stats import latency_summary
+from bench.stats import cpu_probe_ms, latency_summary
 
 EXECUTE = "/api/v1/agent/execute"
 CPUS = os.cpu_count() or 1
@@ -184,6 +184,7 @@ class Bench:
             "timeout_s": 120,
             "poll_interval_s": 0.02,
         }
+        probe_ms = cpu_probe_ms()
         self.sampler.reset()
         meter.start()
         since = time.time()
@@ -213,6 +214,7 @@ class Bench:
             "platform": platform.describe(),
             **{k: v for k, v in out.items() if k != "details"},
             "load_generator_setup_cpu_s": round(setup, 2),
+            "cpu_probe_ms": probe_ms,  # the machine's speed just before (lower is faster)
             "rss_peak_mb": {k: v for k, v in peaks.items() if not k.startswith("pg_")},
             "pg_connections_peak": {
                 k.removeprefix("pg_conns_"): int(v) for k, v in peaks.items() if k.startswith("pg_")
