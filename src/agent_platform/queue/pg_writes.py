@@ -1,11 +1,12 @@
 """The worker's writes on PostgreSQL, one statement each.
 
 `jobs.py` writes a step in one transaction of up to three statements, and ends an execution
-with up to five; with BEGIN and COMMIT a 2-step execution costs the worker about 24 round
+with up to five; with BEGIN and COMMIT a 2-step execution costs the worker about 20 round
 trips. Here each write is one statement whose data-modifying CTEs do the same work (the
 fence, the step row, token counts, the numbered events), atomic without an explicit
-transaction: 5 round trips for that execution (claim, three step writes, and the end, which
-also completes the last step), and a fraction of the CPU on both sides. The semantics are
+transaction: 3 round trips for that execution (the claim, the first step, and the end, which
+also stores the last step and the final answer; a step whose code runs long adds one for its
+"model answered" record), and a fraction of the CPU on both sides. The semantics are
 those of `jobs.py`, which remains the implementation on SQLite and wherever a webhook
 delivery is enqueued in the same transaction; `tests/integration/test_queue.py` holds both to
 the same rows and events.
