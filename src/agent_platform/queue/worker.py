@@ -367,10 +367,8 @@ class _StepWriter:
         """The lease is lost: a partial record still due is never written (one already being
         written is fenced out; its error is dropped)."""
         due, self.due = self.due, None
-        if due is not None:
-            if not due.started:
-                due.task.cancel()
-            due.task.add_done_callback(_ignore_result)
+        if due is not None and not due.started:
+            due.task.cancel()
 
     def _wait_pending(self) -> None:
         if self.pending is not None:
@@ -414,6 +412,8 @@ class _DuePartial:
         self.step = step
         self.started = False
         self.task = asyncio.get_running_loop().create_task(self._write_when_due())
+        # whoever settles it sees its error; a late write of a stuck agent has no one to
+        self.task.add_done_callback(_ignore_result)
 
     async def _write_when_due(self) -> None:
         await asyncio.sleep(PARTIAL_WRITE_DELAY_S)
