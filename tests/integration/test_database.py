@@ -1,4 +1,5 @@
-"""The PostgreSQL connection pool: a fixed set of connections, reused under bursts."""
+"""The PostgreSQL connection pool and reads that must survive a migration on live
+connections."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import asyncio
 
 from sqlalchemy import text
 
+from agent_platform.queue import jobs
+from agent_platform.store import repos
 from agent_platform.store.db import Database
+from tests.integration.test_queue import TENANT, new_execution, step
 
 
 async def test_a_burst_waits_for_the_pool_instead_of_opening_connections(pg_database: str) -> None:
@@ -22,5 +26,31 @@ async def test_a_burst_waits_for_the_pool_instead_of_opening_connections(pg_data
 
         pids = await asyncio.gather(*(backend_pid() for _ in range(40)))
         assert len(set(pids)) == 2
+    finally:
+        await db.dispose()
+
+
+async def test_reading_an_execution_survives_a_migration_of_its_tables(pg_database: str) -> None:
+    """A connection that has read an execution with its steps reads it again after columns
+    were added to `steps` and `executions` (as a rolling deploy's migration does)."""
+    db = Database(pg_database, pool_size=1)
+    try:
+        ex = new_execution()
+        async with db.begin() as conn:
+            await repos.insert_execution(conn, ex)
+        async with db.begin() as conn:
+            ((claimed, _),) = await jobs.claim(
+                conn, worker_id="w", limit=1, lease_s=30, now=ex.created_at, is_postgres=True
+            )
+            await jobs.record_step(conn, claimed, step(1), now=ex.created_at)
+        for migrated in (False, True):
+            if migrated:
+                async with db.begin() as conn:
+                    await conn.execute(text("ALTER TABLE steps ADD COLUMN extra_a int"))
+                    await conn.execute(text("ALTER TABLE executions ADD COLUMN extra_b int"))
+            async with db.connect() as conn:
+                read = await repos.get_execution(conn, TENANT, ex.id)
+            assert read is not None
+            assert [(s.step, s.input_tokens) for s in read.steps] == [(1, 10)]
     finally:
         await db.dispose()

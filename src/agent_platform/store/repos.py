@@ -167,11 +167,18 @@ def _execution_values(ex: Execution) -> dict[str, Any]:
     )
 
 
-# The execution and its steps in one round trip: the steps as an array of `steps` rows, which
-# asyncpg decodes into records (the JSON column through the codec SQLAlchemy installed).
-_GET_EXECUTION_WITH_STEPS = """
+# The execution and its steps in one round trip: the steps as an array of anonymous rows of the
+# columns named here, which asyncpg decodes by the type each value carries (the JSON column
+# through the codec SQLAlchemy installed). Rows of the table's own type would be decoded by a
+# description cached per connection, which a migration of `steps` would make stale.
+_STEP_READ = (
+    "step", "type", "started_at", "duration_ms", "model_output", "thought", "code",
+    "observation", "tool_calls", "error", "input_tokens", "output_tokens", "retries",
+    "final_answer", "note", "partial", "attempt",
+)  # fmt: skip
+_GET_EXECUTION_WITH_STEPS = f"""
 SELECT e.*, ARRAY(
-    SELECT s FROM steps AS s
+    SELECT ROW({", ".join(f"s.{column}" for column in _STEP_READ)}) FROM steps AS s
     WHERE s.execution_id = e.id AND s.tenant_id = e.tenant_id
     ORDER BY s.attempt, s.step
 ) AS stored_steps
@@ -188,7 +195,11 @@ async def get_execution(
         if not records:
             return None
         ex = execution_from_row(fastpath.Row(records[0]))
-        _attach_steps(ex, [step_from_row(fastpath.Row(r)) for r in records[0]["stored_steps"]])
+        stored = [
+            step_from_row(fastpath.Row(dict(zip(_STEP_READ, values, strict=True))))
+            for values in records[0]["stored_steps"]
+        ]
+        _attach_steps(ex, stored)
         return ex
     row = (
         await fastpath.execute(conn, _GET_EXECUTION, {"eid": execution_id, "tid": tenant_id})
