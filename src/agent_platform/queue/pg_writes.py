@@ -31,16 +31,20 @@ from agent_platform.store.db import json_dumps
 from agent_platform.store.event_log import Event, EventType
 from agent_platform.store.repos import execution_from_row
 
-_STEP_VALUES = """$4::int, $5::varchar, $6::timestamptz, $7::int, $8::text, $9::text,
-    $10::text, $11::text, $12::json, $13::text, $14::int, $15::int, $16::int, $17::text,
-    $18::text, $19::bool"""
-_STEP_COLUMNS = """step, type, started_at, duration_ms, model_output, thought, code, observation,
-    tool_calls, error, input_tokens, output_tokens, retries, final_answer, note, partial"""
-_STEP_NAMES = [name.strip() for name in _STEP_COLUMNS.split(",")]
-_STEP_SET = """type = $5::varchar, started_at = $6::timestamptz, duration_ms = $7::int,
-    model_output = $8::text, thought = $9::text, code = $10::text, observation = $11::text,
-    tool_calls = $12::json, error = $13::text, input_tokens = $14::int, output_tokens = $15::int,
-    retries = $16::int, final_answer = $17::text, note = $18::text, partial = $19::bool"""
+# A step's columns, in the order of `_step_args`, with their SQL types: parameters $4..$19.
+_STEP_TYPED = (
+    ("step", "int"), ("type", "varchar"), ("started_at", "timestamptz"), ("duration_ms", "int"),
+    ("model_output", "text"), ("thought", "text"), ("code", "text"), ("observation", "text"),
+    ("tool_calls", "json"), ("error", "text"), ("input_tokens", "int"), ("output_tokens", "int"),
+    ("retries", "int"), ("final_answer", "text"), ("note", "text"), ("partial", "bool"),
+)  # fmt: skip
+_STEP_NAMES = [name for name, _ in _STEP_TYPED]
+_STEP_COLUMNS = ", ".join(_STEP_NAMES)
+_STEP_PARAMS = [f"${n}::{sql_type}" for n, (_, sql_type) in enumerate(_STEP_TYPED, 4)]
+_STEP_VALUES = ", ".join(_STEP_PARAMS)
+_STEP_SET = ", ".join(  # all but `step`, which identifies the row
+    f"{name} = {param}" for name, param in zip(_STEP_NAMES[1:], _STEP_PARAMS[1:], strict=True)
+)
 
 
 # The CTEs that store the step ($4..$19): its partial row (`prior`) completed in place, or a
@@ -83,16 +87,13 @@ WITH prior AS (
 SELECT event_seq FROM fence
 """
 
-_STEP_TYPES = ("int", "varchar", "timestamptz", "int", "text", "text", "text", "text", "json",
-               "text", "int", "int", "int", "text", "text", "bool")  # fmt: skip
-
 # The end of a run: its last steps ($4..$19, one array per column in _STEP_COLUMNS order; $20
 # their events' data), usually the action step whose code gave the answer and the final-answer
 # step, stored as RECORD_STEP stores each, then the end itself: $21 status, $22 result, $23
 # error, $24 error code, $25 stop reason; events: the steps', then status ($26) and done ($27).
 FINISH = f"""
 WITH input AS (
-    SELECT * FROM unnest({", ".join(f"${n}::{t}[]" for n, t in enumerate(_STEP_TYPES, 4))},
+    SELECT * FROM unnest({", ".join(f"{param}[]" for param in _STEP_PARAMS)},
                          $20::json[]) WITH ORDINALITY
         AS v ({_STEP_COLUMNS}, event, ord)
 ), prior AS (
@@ -186,12 +187,12 @@ async def finish(
         event_log.status_events(0, status, final=True)
     )
     step_data = [_step_event(step, execution.attempt) for step in final_steps]
-    columns = zip(*(_step_args(step) for step in final_steps), strict=True)
+    columns = [list(column) for column in zip(*map(_step_args, final_steps), strict=True)]
     seq = await fastpath.fetchval(
         conn,
         FINISH,
         execution.id, execution.attempt, now,
-        *(list(column) for column in columns) if final_steps else [[]] * len(_STEP_TYPES),
+        *(columns or [[] for _ in _STEP_TYPED]),
         [json_dumps(data) for data in step_data],
         status, outcome.result, outcome.error, outcome.error_code,
         outcome.stop_reason.value if outcome.stop_reason else None,
