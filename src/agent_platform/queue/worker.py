@@ -375,12 +375,16 @@ class _StepWriter:
             pending, self.pending = self.pending, None
             pending.result()
 
-    async def flush(self) -> None:
-        """Wait for the last write; raises what it raised (LeaseLost). The kept steps are
-        complete, so a partial record still due is not written."""
+    async def _await_pending(self) -> None:
+        """Wait for the last write; raises what it raised (LeaseLost)."""
         if self.pending is not None:
             pending, self.pending = self.pending, None
             await asyncio.wrap_future(pending)
+
+    async def flush(self) -> None:
+        """Wait for the last write (raising its error). The kept steps are complete, so a
+        partial record still due is not written."""
+        await self._await_pending()
         await self._settle_due(write_now=False)
 
     async def settle(self) -> None:
@@ -388,9 +392,7 @@ class _StepWriter:
         crashed): write what is due at once, and a kept step whose code did run, so a
         resumed attempt neither loses the model's answer nor runs that code again."""
         with contextlib.suppress(Exception):
-            if self.pending is not None:
-                pending, self.pending = self.pending, None
-                await asyncio.wrap_future(pending)
+            await self._await_pending()
         ran = [step for step in self.final_steps if step.type is not StepType.FINAL_ANSWER]
         completed = {step.step for step in ran}
         with contextlib.suppress(Exception):
