@@ -42,10 +42,22 @@ def _writer() -> tuple[_StepWriter, _Recorder]:
     return _StepWriter(recorder, execution, asyncio.get_running_loop()), recorder  # type: ignore[arg-type]
 
 
+async def _agent_writes(writer: _StepWriter, *steps: StepRecord) -> None:
+    """As the agent thread does: each write from a thread, in order."""
+    for step in steps:
+        await asyncio.to_thread(writer.write, step)
+
+
+ANSWERED_RUN = (  # the model answers, its code gives the final answer, the final answer
+    _step(1, partial=True),
+    _step(1, ends_run=True),
+    _step(2, type=StepType.FINAL_ANSWER),
+)
+
+
 async def test_a_step_that_completes_soon_is_written_once() -> None:
     writer, recorder = _writer()
-    await asyncio.to_thread(writer.write, _step(1, partial=True))
-    await asyncio.to_thread(writer.write, _step(1))
+    await _agent_writes(writer, _step(1, partial=True), _step(1))
     await writer.flush()
     await asyncio.sleep(worker_module.PARTIAL_WRITE_DELAY_S * 2)
     assert recorder.written == [(1, False)]
@@ -53,19 +65,17 @@ async def test_a_step_that_completes_soon_is_written_once() -> None:
 
 async def test_a_step_whose_code_runs_long_is_written_when_the_model_answered() -> None:
     writer, recorder = _writer()
-    await asyncio.to_thread(writer.write, _step(1, partial=True))
+    await _agent_writes(writer, _step(1, partial=True))
     await asyncio.sleep(worker_module.PARTIAL_WRITE_DELAY_S * 3)
     assert recorder.written == [(1, True)]
-    await asyncio.to_thread(writer.write, _step(1))
+    await _agent_writes(writer, _step(1))
     await writer.flush()
     assert recorder.written == [(1, True), (1, False)]
 
 
 async def test_the_last_steps_are_kept_for_the_end() -> None:
     writer, recorder = _writer()
-    await asyncio.to_thread(writer.write, _step(1, partial=True))
-    await asyncio.to_thread(writer.write, _step(1, ends_run=True))
-    await asyncio.to_thread(writer.write, _step(2, type=StepType.FINAL_ANSWER))
+    await _agent_writes(writer, *ANSWERED_RUN)
     await writer.flush()
     await asyncio.sleep(worker_module.PARTIAL_WRITE_DELAY_S * 2)
     assert recorder.written == []  # the due partial record was dropped, not written late
@@ -77,24 +87,21 @@ async def test_the_last_steps_are_kept_for_the_end() -> None:
 
 async def test_an_execution_stopped_mid_step_writes_what_it_has_at_once() -> None:
     writer, recorder = _writer()
-    await asyncio.to_thread(writer.write, _step(1))
-    await asyncio.to_thread(writer.write, _step(2, partial=True))
+    await _agent_writes(writer, _step(1), _step(2, partial=True))
     await writer.settle()
     assert recorder.written == [(1, False), (2, True)]
 
 
 async def test_a_stopped_execution_keeps_a_step_whose_code_ran() -> None:
     writer, recorder = _writer()
-    await asyncio.to_thread(writer.write, _step(1, partial=True))
-    await asyncio.to_thread(writer.write, _step(1, ends_run=True))
-    await asyncio.to_thread(writer.write, _step(2, type=StepType.FINAL_ANSWER))
+    await _agent_writes(writer, *ANSWERED_RUN)
     await writer.settle()
     assert recorder.written == [(1, False)]  # not the answer: the execution did not end with it
 
 
 async def test_nothing_is_written_once_the_lease_is_lost() -> None:
     writer, recorder = _writer()
-    await asyncio.to_thread(writer.write, _step(1, partial=True))
+    await _agent_writes(writer, _step(1, partial=True))
     writer.discard()
     await asyncio.sleep(worker_module.PARTIAL_WRITE_DELAY_S * 2)
     assert recorder.written == []
