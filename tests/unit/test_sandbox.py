@@ -430,6 +430,28 @@ def test_close_is_idempotent_and_reaps(pool):
         ex("1")
 
 
+def test_close_without_waiting_kills_at_once_and_the_zygote_reaps_on_its_own(pool):
+    executors = [pool.spawn(execution_id=f"nowait-{i}") for i in range(12)]
+    for ex in executors:
+        assert ex("1").output == 1
+    pids = {ex.pid for ex in executors}
+    workdirs = [f"/proc/{pool.zygote_pid}/root{ex.workdir}" for ex in executors]
+    for ex in executors:
+        ex.close(wait=False)
+        assert ex.closed
+        with pytest.raises(SandboxError):
+            ex("1")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = pids & {pid for pid, _ in children_of(pool.zygote_pid)}
+        if not left and not any(os.path.exists(w) for w in workdirs):
+            break
+        time.sleep(0.01)
+    assert not pids & {pid for pid, _ in children_of(pool.zygote_pid)}  # reaped, no zombies
+    assert not [w for w in workdirs if os.path.exists(w)]  # unmounted and removed
+    assert_healthy(pool)
+
+
 def test_children_are_never_reused_and_spawn_is_thread_safe(pool):
     results: dict[int, Any] = {}
     executors: list[SandboxExecutor] = []

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -49,7 +48,7 @@ from agent_platform.runtime.resume import (
     rebuild_memory,
     replay,
 )
-from agent_platform.runtime.sandbox import SandboxError
+from agent_platform.runtime.sandbox import SandboxError, SandboxExecutor
 from agent_platform.tools.base import TenantContext, ToolContext
 from agent_platform.tools.registry import ToolRegistry
 
@@ -288,14 +287,13 @@ def _kill_code(agent: CodeAgent, reason: StopReason) -> None:
         kill(reason.value)
 
 
-_closer = ThreadPoolExecutor(2, thread_name_prefix="sandbox-close")
-
-
 def _close(executor: Any) -> None:
-    """Off the execution's path: ending a sandbox (kill, reap, remove its dir) takes ms."""
-    close = getattr(executor, "close", None) or getattr(executor, "cleanup", None)
-    if close is not None:
-        _closer.submit(close)
+    """End the execution's sandbox without waiting for its zygote to reap it (a wait that,
+    under load, would hold a thread per sandbox or let the dead ones pile up)."""
+    if isinstance(executor, SandboxExecutor):
+        executor.close(wait=False)
+    elif (cleanup := getattr(executor, "cleanup", None)) is not None:
+        cleanup()
 
 
 def _completed(answer: str, history: list[StoredStep]) -> RunOutcome:

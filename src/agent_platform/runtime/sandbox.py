@@ -672,6 +672,9 @@ class _ChildHandle:
         self.kill()
         with contextlib.suppress(OSError):
             self.sock.close()
+        # A live zygote unmounts and removes the work dir when it reaps the child; without
+        # one, only the empty directory it made is left, for us to remove.
+        zygote_cleans_up = not self.pool_stopped and self.zygote.alive
         if not self.pool_stopped:
             self.pool._release(self.zygote, self.pid, wait=wait)
         self.closed_by_release = True
@@ -680,7 +683,8 @@ class _ChildHandle:
                 with contextlib.suppress(OSError):
                     os.close(self.pidfd)
                 self.pidfd = -1
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not zygote_cleans_up:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class SandboxExecutor(PythonExecutor):
@@ -763,13 +767,17 @@ class SandboxExecutor(PythonExecutor):
                 self.terminal_error = SandboxKilled(reason)
         self._handle.kill()
 
-    def close(self) -> None:
-        """End the child, let the zygote reap it and remove its temp dir.  Idempotent."""
+    def close(self, wait: bool = True) -> None:
+        """Kill the child and hand it to the zygote, which reaps it and removes its temp dir.
+
+        ``wait=False`` returns at once (a signal and a datagram, microseconds): what an
+        execution does, so that ending sandboxes never queues behind a busy zygote.
+        ``wait=True`` also waits until the zygote has done so.  Idempotent."""
         with self._state_lock:
             if self.terminal_error is None:
                 self.terminal_error = SandboxCrashed("sandbox closed")
         self._finalizer.detach()
-        self._handle.close(wait=True)
+        self._handle.close(wait=wait)
         self.pool._live.pop(self.pid, None)
 
     cleanup = close  # smolagents' agents call executor.cleanup() on __exit__
