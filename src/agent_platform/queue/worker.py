@@ -84,9 +84,11 @@ class Worker:
         self._stopping = asyncio.Event()
         self.webhooks = WebhookDispatcher(db, settings)
         self._last_reap = 0.0
+        self._burst = False
 
     async def run(self, *, burst: bool = False) -> None:
         """Serve until `stop()`; with `burst`, return once the queue is empty and idle."""
+        self._burst = burst
         async with (
             self.bus.subscribe(WAKE_CHANNEL) as wakeups,
             self.bus.subscribe(CANCEL_CHANNEL) as cancels,
@@ -142,8 +144,9 @@ class Worker:
                 log.warning("worker %s: %s", self.worker_id, exc)
             if burst and claimed == 0 and not self.active:
                 return
-            if claimed and len(self.active) < self.concurrency:
-                continue  # there may be more waiting
+            # A claim takes all it has room for, so fewer than that means the queue was empty:
+            # no second claim to find nothing. Work that arrives later wakes us (a submission,
+            # a requeue, a slot freed on a full worker); the poll interval covers a lost wake.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
 
@@ -180,10 +183,12 @@ class Worker:
         return len(claimed)
 
     def _done(self, execution_id: str) -> None:
+        was_full = len(self.active) >= self.concurrency
         self.active.pop(execution_id, None)
         self._signals.pop(execution_id, None)
         self._claimed.pop(execution_id, None)
-        self._wake.set()
+        if was_full or self._burst:  # queued work may be waiting for this slot; a burst may end
+            self._wake.set()
 
     async def _execute(self, execution: Execution, claimed_events: list[Event]) -> None:
         loop = asyncio.get_running_loop()
