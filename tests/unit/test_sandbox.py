@@ -452,6 +452,22 @@ def test_close_without_waiting_kills_at_once_and_the_zygote_reaps_on_its_own(poo
     assert_healthy(pool)
 
 
+def test_close_without_waiting_ends_a_child_that_ignores_its_channel(pool):
+    ex = pool.spawn(execution_id="busy")
+    assert ex("1").output == 1
+    # the child sleeps and reads nothing: only the zygote's kill on release can end it soon
+    ex._send({"op": "exec_raw", "code": "import time\ntime.sleep(60)"}, time.monotonic() + 5)
+    time.sleep(0.1)
+    pid = ex.pid
+    assert process_state(pid) not in (None, "Z")
+    ex.close(wait=False)
+    deadline = time.monotonic() + 5
+    while process_state(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process_state(pid) is None  # killed and reaped, long before its sleep ends
+    assert_healthy(pool)
+
+
 def test_children_are_never_reused_and_spawn_is_thread_safe(pool):
     results: dict[int, Any] = {}
     executors: list[SandboxExecutor] = []

@@ -235,7 +235,6 @@ class SandboxPool:
         self._pending: dict[int, _Pending] = {}
         self._exits: dict[int, dict[str, Any]] = {}
         self._reaped: set[int] = set()
-        self._no_wait: set[int] = set()
         self._tracked: set[int] = set()
         self._live: weakref.WeakValueDictionary[int, SandboxExecutor] = (
             weakref.WeakValueDictionary()
@@ -377,7 +376,6 @@ class SandboxPool:
         with self._cond:
             self._exits.clear()
             self._reaped.clear()
-            self._no_wait.clear()
             self._tracked.clear()
             self._cond.notify_all()
         if self._base_dir:
@@ -481,7 +479,7 @@ class SandboxPool:
                 _close_fds(fds)
                 if op == "spawned":
                     with contextlib.suppress(OSError):
-                        self._send_control(z, {"op": "release", "pid": msg["pid"]})
+                        self._send_control(z, {"op": "release", "pid": msg["pid"], "reply": False})
                 return
             slot.msg, slot.fds = msg, fds
             slot.event.set()
@@ -496,10 +494,7 @@ class SandboxPool:
                 if pid in self._tracked:
                     self._tracked.discard(pid)
                     self._exits.pop(pid, None)
-                    if pid in self._no_wait:
-                        self._no_wait.discard(pid)
-                    else:
-                        self._reaped.add(pid)
+                    self._reaped.add(pid)
                     self._cond.notify_all()
         elif op == "log":
             logger.warning("sandbox zygote: %s", msg.get("message"))
@@ -515,14 +510,16 @@ class SandboxPool:
             return self._exits[pid]
 
     def _release(self, z: _Zygote, pid: int, *, wait: bool) -> None:
-        """Tell the zygote that forked ``pid`` to reap it (and wait until it has)."""
+        """Tell the zygote that forked ``pid`` to kill what is left of it and reap it; with
+        ``wait``, wait until it has (otherwise the zygote sends no reply at all)."""
         if not z.alive:
             return
         if not wait:
             with self._cond:
-                self._no_wait.add(pid)
+                self._tracked.discard(pid)
+                self._exits.pop(pid, None)
         try:
-            self._send_control(z, {"op": "release", "pid": pid})
+            self._send_control(z, {"op": "release", "pid": pid, "reply": wait})
         except OSError:
             return
         if not wait:
@@ -669,15 +666,19 @@ class _ChildHandle:
             if self.closed:
                 return
             self.closed = True
-        self.kill()
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        # A live zygote unmounts and removes the work dir when it reaps the child; without
-        # one, only the empty directory it made is left, for us to remove.
+        # A live zygote kills what is left of the child's process group when released, then
+        # reaps it and unmounts and removes its work dir; without one, we kill, and only the
+        # empty directory it made is left for us to remove. Not waiting, we leave the kill to
+        # the zygote too: a signal sent from here is a system call made holding the GIL, and
+        # the kernel may run the dying child's exit before giving the CPU back.
         zygote_cleans_up = not self.pool_stopped and self.zygote.alive
+        if wait or not zygote_cleans_up:
+            self.kill()
         if not self.pool_stopped:
             self.pool._release(self.zygote, self.pid, wait=wait)
         self.closed_by_release = True
+        with contextlib.suppress(OSError):
+            self.sock.close()  # an idle child reads end-of-file and exits by itself
         with self.lock:
             if self.pidfd >= 0:
                 with contextlib.suppress(OSError):

@@ -824,7 +824,7 @@ def _probe(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Child:
-    __slots__ = ("exited", "handed", "parent_fd", "pid", "pidfd", "released", "workdir")
+    __slots__ = ("exited", "handed", "parent_fd", "pid", "pidfd", "released", "reply", "workdir")
 
     def __init__(self, pid: int, pidfd: int, parent_fd: int, workdir: str) -> None:
         self.pid = pid
@@ -833,6 +833,7 @@ class _Child:
         self.workdir = workdir
         self.handed = False
         self.released = False
+        self.reply = True  # tell the worker once reaped (it may wait for that)
         self.exited = False
 
 
@@ -969,7 +970,8 @@ class _Zygote:
             return
         if child.released:
             self.reap(child)
-            self.send({"op": "reaped", "pid": child.pid})
+            if child.reply:
+                self.send({"op": "reaped", "pid": child.pid})
         else:
             self.send({"op": "exited", "pid": child.pid, "code": code, "signal": sig})
 
@@ -997,15 +999,18 @@ class _Zygote:
         child.parent_fd = -1
         child.handed = True
 
-    def on_release(self, pid: Any) -> None:
+    def on_release(self, pid: Any, reply: bool) -> None:
         child = self.by_pid.get(pid) if isinstance(pid, int) else None
         if child is None or not child.handed:
-            self.send({"op": "reaped", "pid": pid})
+            if reply:
+                self.send({"op": "reaped", "pid": pid})
             return
         child.released = True
+        child.reply = reply
         if child.exited:
             self.reap(child)
-            self.send({"op": "reaped", "pid": pid})
+            if reply:
+                self.send({"op": "reaped", "pid": pid})
         else:
             _kill_group(child.pid, child.pidfd)
 
@@ -1035,7 +1040,7 @@ class _Zygote:
         if op == "spawn":
             self.on_spawn(msg.get("id"))
         elif op == "release":
-            self.on_release(msg.get("pid"))
+            self.on_release(msg.get("pid"), msg.get("reply") is not False)
         elif op == "shutdown":
             self.shutdown()
 
