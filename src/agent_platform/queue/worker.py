@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -85,6 +85,7 @@ class Worker:
         self.webhooks = WebhookDispatcher(db, settings)
         self._last_reap = 0.0
         self._burst = False
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, *, burst: bool = False) -> None:
         """Serve until `stop()`; with `burst`, return once the queue is empty and idle."""
@@ -196,7 +197,9 @@ class Worker:
         self._claimed[execution.id] = execution
         stopped = asyncio.Event()
         stop.on_set(lambda _reason: loop.call_soon_threadsafe(stopped.set))
-        await notify(self.bus, execution.id, claimed_events)
+        # Live readers hear of the claim while the agent starts; nothing waits for it (stream
+        # readers take the events from the log on any wake-up, waiting requests want the end)
+        self._in_background(notify(self.bus, execution.id, claimed_events))
         if self._stopping.is_set():
             stop.set(StopReason.DRAIN)
         if execution.cancel_requested_at is not None:
@@ -254,6 +257,11 @@ class Worker:
         finally:
             timer.cancel()
             heartbeat.cancel()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._background.discard)
 
     async def _job(self, execution: Execution) -> AgentJob:
         """What the agent needs: the task, and what earlier attempts and turns left behind."""
