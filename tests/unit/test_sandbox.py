@@ -430,7 +430,7 @@ def test_close_is_idempotent_and_reaps(pool):
         ex("1")
 
 
-def test_close_without_waiting_kills_at_once_and_the_zygote_reaps_on_its_own(pool):
+def test_close_without_waiting_ends_each_child_and_the_zygote_reaps_it(pool):
     executors = [pool.spawn(execution_id=f"nowait-{i}") for i in range(12)]
     for ex in executors:
         assert ex("1").output == 1

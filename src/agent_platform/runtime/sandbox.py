@@ -769,11 +769,13 @@ class SandboxExecutor(PythonExecutor):
         self._handle.kill()
 
     def close(self, wait: bool = True) -> None:
-        """Kill the child and hand it to the zygote, which reaps it and removes its temp dir.
+        """End the child: the zygote kills what is left of it, reaps it and removes its temp
+        dir.
 
-        ``wait=False`` returns at once (a signal and a datagram, microseconds): what an
-        execution does, so that ending sandboxes never queues behind a busy zygote.
-        ``wait=True`` also waits until the zygote has done so.  Idempotent."""
+        ``wait=False`` returns at once (a datagram to the zygote and the socket closed,
+        microseconds): what an execution does, so that ending sandboxes never queues behind a
+        busy zygote. ``wait=True`` also kills the child from here and waits until the zygote
+        has reaped it.  Idempotent."""
         with self._state_lock:
             if self.terminal_error is None:
                 self.terminal_error = SandboxCrashed("sandbox closed")
