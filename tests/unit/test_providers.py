@@ -7,7 +7,13 @@ import time
 import uuid
 
 import pytest
-from smolagents.models import ChatMessage, MessageRole
+from opentelemetry import trace
+from smolagents.models import (
+    ChatMessage,
+    MessageRole,
+    get_clean_message_list,
+    tool_role_conversions,
+)
 
 from agent_platform.config import Settings
 from agent_platform.errors import ProviderError, ProviderNotConfigured
@@ -15,6 +21,7 @@ from agent_platform.runtime.providers import (
     Interrupted,
     Providers,
     RetryPolicy,
+    anthropic_tracing_option,
     split_model_name,
     to_anthropic_messages,
 )
@@ -57,6 +64,49 @@ def test_anthropic_roles_system_merge_and_no_prefill() -> None:
     assert system == "sys"
     assert [t["role"] for t in turns] == ["user", "assistant", "user"]  # never ends on assistant
     assert turns[1]["content"] == "a\nb"
+
+
+def test_anthropic_turns_read_smolagents_messages_as_its_cleaner_would() -> None:
+    """Read straight from ChatMessages (no deep copy), the turns equal those made from
+    smolagents' own cleaned list: tool calls are the assistant's, observations the user's."""
+    messages = [
+        *conversation("x"),
+        msg(MessageRole.USER, "Now go"),
+        ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content=[{"type": "text", "text": "part 1"}, {"type": "text", "text": "part 2"}],
+        ),
+    ]
+    cleaned = get_clean_message_list(
+        messages[:-1], role_conversions=tool_role_conversions, flatten_messages_as_text=True
+    )
+    assert to_anthropic_messages(messages[:-1]) == to_anthropic_messages(cleaned)
+    system, turns = to_anthropic_messages(messages)
+    assert system == "You are helpful."
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant", "user"]
+    assert turns[1]["content"] == "Thought: x\nCalling tools: [...]"
+    assert turns[2]["content"] == "Observation: 1\nNow go"
+    assert turns[3]["content"] == "part 1\npart 2"  # every text part, not only the first
+
+
+def test_sdk_tracing_is_off_unless_a_tracer_provider_or_the_env_asks(
+    llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_OPEN_TELEMETRY", raising=False)
+    client = Providers(settings(llm))._anthropic
+    assert client is not None and client.open_telemetry["traces"]["enabled"] is False
+
+    monkeypatch.setenv("ANTHROPIC_OPEN_TELEMETRY", "true")
+    assert anthropic_tracing_option() == {}  # the SDK reads the variable itself
+    monkeypatch.delenv("ANTHROPIC_OPEN_TELEMETRY")
+
+    class Configured(trace.TracerProvider):  # e.g. what `opentelemetry-instrument` installs
+        def get_tracer(self, *args: object, **kwargs: object) -> trace.Tracer:
+            return trace.NoOpTracer()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", Configured)
+    client = Providers(settings(llm))._anthropic
+    assert client is not None and client.open_telemetry["traces"]["enabled"] is True
 
 
 def test_anthropic_call_usage_and_stop_sequences(llm: FakeLLMServer) -> None:

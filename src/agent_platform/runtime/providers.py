@@ -8,6 +8,8 @@ inside each call. The SDKs' own retries are off (`max_retries=0`), and so are sm
 
 from __future__ import annotations
 
+import inspect
+import os
 import random
 import threading
 import time
@@ -96,16 +98,14 @@ class PlatformModel(Model):
         tools_to_call_from: list[Any] | None = None,
         **kwargs: Any,
     ) -> ChatMessage:
-        clean = get_clean_message_list(
-            messages, role_conversions=tool_role_conversions, flatten_messages_as_text=True
-        )
+        prepared = self._prepare(messages)
         retry = 0
         while True:
             if self.stop.is_set():
                 raise Interrupted("stopped before the model call")
             started = time.time()
             try:
-                message = self._call(clean, stop_sequences)
+                message = self._call(prepared, stop_sequences)
             except ProviderError as exc:
                 if not exc.retryable or retry >= self.retry_policy.max_retries:
                     self.last_error = exc
@@ -120,7 +120,13 @@ class PlatformModel(Model):
                 self.on_answer(message, started)
             return message
 
-    def _call(self, messages: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
+    def _prepare(self, messages: list[ChatMessage | dict[str, Any]]) -> Any:
+        """The conversation in the form `_call` sends, made once for all retries."""
+        return get_clean_message_list(
+            messages, role_conversions=tool_role_conversions, flatten_messages_as_text=True
+        )
+
+    def _call(self, prepared: Any, stop: list[str] | None) -> ChatMessage:
         raise NotImplementedError
 
     def call_timeout_s(self, configured_s: float) -> float:
@@ -188,8 +194,13 @@ class AnthropicModel(PlatformModel):
         self.max_tokens = max_tokens
         self.thinking_effort = thinking_effort
 
-    def _call(self, messages: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
-        system, turns = to_anthropic_messages(messages)
+    def _prepare(self, messages: list[ChatMessage | dict[str, Any]]) -> Any:
+        return to_anthropic_messages(messages)
+
+    def _call(
+        self, prepared: tuple[str, list[dict[str, Any]]], stop: list[str] | None
+    ) -> ChatMessage:
+        system, turns = prepared
         request: dict[str, Any] = {
             "model": self.model_id,
             "max_tokens": self.max_tokens,
@@ -227,17 +238,28 @@ class AnthropicModel(PlatformModel):
         return ChatMessage(role=MessageRole.ASSISTANT, content=text, token_usage=tokens)
 
 
-def to_anthropic_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+ASSISTANT_ROLES = frozenset({MessageRole.ASSISTANT, MessageRole.TOOL_CALL})
+
+
+def to_anthropic_messages(
+    messages: list[ChatMessage | dict[str, Any]],
+) -> tuple[str, list[dict[str, Any]]]:
     """System text goes top-level; turns alternate and start and end with the user
-    (a trailing assistant turn would be a prefill, which current Claude models reject)."""
+    (a trailing assistant turn would be a prefill, which current Claude models reject).
+
+    Reads smolagents' messages as they are: its `get_clean_message_list` deep-copies the
+    whole conversation on every call, for text we only read."""
     system_parts: list[str] = []
     turns: list[dict[str, Any]] = []
     for message in messages:
-        role, content = MessageRole(message["role"]).value, str(message.get("content") or "")
-        if role == MessageRole.SYSTEM.value:
+        if isinstance(message, ChatMessage):
+            role, content = MessageRole(message.role), _text_of(message.content)
+        else:
+            role, content = MessageRole(message["role"]), _text_of(message.get("content"))
+        if role == MessageRole.SYSTEM:
             system_parts.append(content)
             continue
-        role = "assistant" if role == MessageRole.ASSISTANT.value else "user"
+        role = "assistant" if role in ASSISTANT_ROLES else "user"
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"] += "\n" + content
         else:
@@ -252,6 +274,15 @@ def to_anthropic_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dic
     return "\n\n".join(system_parts), turns
 
 
+def _text_of(content: Any) -> str:
+    """A message's text; smolagents keeps it as a list of parts (`{"type": "text", ...}`)."""
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text") or "") for part in content if part.get("type") == "text"
+        )
+    return str(content or "")
+
+
 class OpenAICompatibleModel(PlatformModel):
     """Chat Completions through the official `openai` SDK (OpenAI, vLLM, Ollama, llama.cpp)."""
 
@@ -263,8 +294,8 @@ class OpenAICompatibleModel(PlatformModel):
         super().__init__(model_id, retry=retry, stop=stop)
         self.client = client
 
-    def _call(self, messages: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
-        request: dict[str, Any] = {"model": self.model_id, "messages": messages}
+    def _call(self, prepared: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
+        request: dict[str, Any] = {"model": self.model_id, "messages": prepared}
         if stop:
             request["stop"] = stop[:4]
         try:
@@ -302,6 +333,7 @@ class Providers:
                 base_url=settings.anthropic_base_url or None,
                 max_retries=0,
                 timeout=settings.provider_timeout_s,
+                **anthropic_tracing_option(),
             )
         if settings.openai_base_url or settings.openai_api_key:
             key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
@@ -361,6 +393,27 @@ class Providers:
                     "move DEFAULT_MODEL/ALLOWED_MODELS to a current Claude model"
                 )
         return notes
+
+
+def anthropic_tracing_option() -> dict[str, Any]:
+    """`anthropic.Anthropic`'s `open_telemetry` keyword: spans off when nothing would record them.
+
+    The SDK builds every call's span and its attributes even with no OpenTelemetry tracer
+    provider installed, only to drop them: about 0.15 ms of CPU per model call. Like FastAPI's
+    own spans, they stay on when a provider is configured (`opentelemetry-instrument`, say),
+    and `ANTHROPIC_OPEN_TELEMETRY`, when set, decides as the SDK documents."""
+    if "open_telemetry" not in inspect.signature(anthropic.Anthropic).parameters:
+        return {}  # an SDK without tracing
+    if "ANTHROPIC_OPEN_TELEMETRY" in os.environ:
+        return {}
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - the SDKs that trace depend on it
+        return {}
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return {"open_telemetry": False}
+    return {}
 
 
 def deprecated_anthropic_models() -> dict[str, str]:
