@@ -62,7 +62,12 @@ def test_fifty_executions_three_workers_each_runs_once(
             page = http.get("/api/v1/agent/executions?limit=100&status=completed").json()
             return page["executions"] if page["total"] == 50 else []
 
-        finished = wait_for(all_done, timeout_s=60, interval_s=0.25)
+        try:
+            finished = wait_for(all_done, timeout_s=60, interval_s=0.25)
+        except AssertionError:
+            page = http.get("/api/v1/agent/executions?limit=100").json()
+            states = [(e["status"], e["attempt"], e["error_code"]) for e in page["executions"]]
+            raise AssertionError(f"not all completed in 60 s: {sorted(states)}") from None
     assert sorted(e["result"] for e in finished) == sorted(keywords)
     assert all(e["attempt"] == 1 for e in finished)
     for kw in keywords:
