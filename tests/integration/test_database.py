@@ -4,6 +4,8 @@ connections."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from datetime import timedelta
 
 from sqlalchemy import text
 
@@ -54,3 +56,45 @@ async def test_reading_an_execution_survives_a_migration_of_its_tables(pg_databa
             assert [(s.step, s.input_tokens) for s in read.steps] == [(1, 10)]
     finally:
         await db.dispose()
+
+
+async def test_a_write_cancelled_at_any_moment_leaves_the_next_one_committed(
+    pg_database: str,
+) -> None:
+    """A worker cancels an execution's heartbeat when the execution ends, whatever the
+    heartbeat is doing. Cancelled while its transaction was being begun, the pooled connection
+    used to keep a half-begun transaction: every later write on it became a savepoint inside
+    a transaction that never committed and kept its row locks (executions stuck `running`)."""
+    db = Database(pg_database, pool_size=1)  # every write below shares one connection
+    reader = Database(pg_database, pool_size=1)
+    try:
+        ex = new_execution()
+        async with db.begin() as conn:
+            await repos.insert_execution(conn, ex)
+            ((claimed, _),) = await jobs.claim(
+                conn, worker_id="w", limit=1, lease_s=30, now=ex.created_at, is_postgres=True
+            )
+
+        async def heartbeat(now_s: int) -> None:
+            async with db.begin() as conn:
+                now = ex.created_at + timedelta(seconds=now_s)
+                assert await jobs.heartbeat(conn, ex.id, claimed.attempt, lease_s=30, now=now)
+
+        for attempt in range(200):  # cancelled after 0..7 hand-backs to the event loop
+            task = asyncio.create_task(heartbeat(0))
+            for _ in range(attempt % 8):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await heartbeat(attempt + 1)
+            async with reader.connect() as conn:
+                lease_until = (
+                    await conn.execute(
+                        text("SELECT lease_until FROM executions WHERE id = :id"), {"id": ex.id}
+                    )
+                ).scalar_one()
+            assert lease_until == ex.created_at + timedelta(seconds=attempt + 1 + 30), attempt
+    finally:
+        await db.dispose()
+        await reader.dispose()

@@ -109,7 +109,15 @@ async def _driver(conn: AsyncConnection) -> tuple[Any, Any]:
     """(SQLAlchemy's asyncpg adapter, the asyncpg connection), with the transaction begun."""
     adapter = conn.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
     if adapter._transaction is None and conn.in_transaction():  # type: ignore[union-attr]
-        await adapter._start_transaction()  # type: ignore[union-attr]
+        try:
+            await adapter._start_transaction()  # type: ignore[union-attr]
+        except BaseException:
+            # asyncpg registers the transaction before BEGIN is answered, SQLAlchemy only once
+            # it is: interrupted in between (a cancelled task), the pooled connection would
+            # turn every later transaction into a savepoint of one that never commits, and
+            # keep its locks. Such a connection is closed instead of returned to the pool.
+            await conn.invalidate()
+            raise
     return adapter, adapter._connection  # type: ignore[union-attr]
 
 
