@@ -413,6 +413,18 @@ def test_kill_before_call(sbx):
         sbx("1 + 1")
 
 
+def test_children_inherit_a_small_zygote(sbx):
+    """Every memory mapping of the zygote is copied by each fork and torn down by each exit:
+    it imports the interpreter without the modules that would only add mappings (jinja2 and
+    the OpenSSL behind hashlib, python-dotenv and the compression libraries behind shutil)."""
+    loaded = sbx._raw_exec("import sys\nresult = sorted(sys.modules)").output
+    assert "smolagents.local_python_executor" in loaded
+    heavy = {"jinja2", "markupsafe", "hashlib", "_hashlib", "shutil", "zlib", "bz2", "lzma"}
+    assert heavy.isdisjoint(loaded)
+    dotenv_file = sbx._raw_exec("import dotenv\nresult = getattr(dotenv, '__file__', None)")
+    assert dotenv_file.output is None  # a stand-in whose load_dotenv does nothing
+
+
 def test_close_is_idempotent_and_reaps(pool):
     ex = pool.spawn(execution_id="close")
     assert ex("1").output == 1

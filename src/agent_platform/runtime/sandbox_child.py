@@ -5,8 +5,9 @@ clean environment (``python -I -B -c <boot>``; the boot code loads this file and
 ``sandbox_protocol.py`` by path, so no package ``__init__`` with side effects runs).  The zygote:
 
 1. reads its configuration from the control socket (a ``SOCK_SEQPACKET`` socketpair),
-2. disables ``dotenv``, imports smolagents and the interpreter, then clears ``os.environ`` and
-   sets only the allowlist (``import smolagents`` calls ``load_dotenv()``),
+2. stands in for ``dotenv`` (some smolagents modules call ``load_dotenv()`` on import), imports
+   smolagents' interpreter alone, then clears ``os.environ`` and sets only the allowlist; it
+   imports no more than that (each shared library it maps costs every fork and exit),
 3. probes which isolation layers the kernel grants (network namespace, mount namespace,
    privilege drop, RLIMIT_NPROC) and reports them in a ``hello`` message,
 4. keeps ``prefork`` children ready and hands one to the worker per ``spawn`` request (its socket
@@ -70,11 +71,9 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from collections import deque
@@ -323,7 +322,8 @@ def _setup_child(
     os.chdir(workdir)
     # the zygote's environment is already exactly the allowlist (see `zygote_main`)
     os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PWD": workdir})
-    tempfile.tempdir = workdir
+    if (tempfile := sys.modules.get("tempfile")) is not None:  # else TMPDIR is read on import
+        tempfile.tempdir = workdir
     os.umask(0o077)
     rl = resource
     rl.setrlimit(rl.RLIMIT_CORE, (0, 0))
@@ -688,18 +688,23 @@ def _sanitize_environ(env: dict[str, str]) -> None:
     os.environ.update({str(k): str(v) for k, v in env.items()})
 
 
+def _no_dotenv(*_args: Any, **_kwargs: Any) -> bool:
+    return False
+
+
 def _disable_dotenv() -> None:
-    try:
-        import dotenv
-        import dotenv.main
-    except ImportError:
-        return
+    """Some smolagents modules call ``load_dotenv()`` on import, which would read a ``.env``
+    file into the zygote's memory, inherited by every child.  A stand-in ``dotenv`` module
+    makes that a no-op for good, without importing python-dotenv itself (which brings tempfile,
+    shutil, zlib, bz2 and lzma: 30 more memory mappings for every fork to copy)."""
+    import types
 
-    def _no_dotenv(*_args: Any, **_kwargs: Any) -> bool:
-        return False
-
-    dotenv.load_dotenv = _no_dotenv
-    dotenv.main.load_dotenv = _no_dotenv
+    stub = types.ModuleType("dotenv")
+    stub.load_dotenv = _no_dotenv  # type: ignore[attr-defined]
+    stub.find_dotenv = lambda *_a, **_k: ""  # type: ignore[attr-defined]
+    stub.dotenv_values = lambda *_a, **_k: {}  # type: ignore[attr-defined]
+    stub.main = stub  # type: ignore[attr-defined]
+    sys.modules["dotenv"] = sys.modules["dotenv.main"] = stub
 
 
 def _load_interpreter() -> None:
@@ -726,7 +731,17 @@ def _load_interpreter() -> None:
         tools = types.ModuleType("smolagents.tools")
         tools.Tool = object  # type: ignore[attr-defined]
         sys.modules["smolagents.tools"] = tools
-    import smolagents.local_python_executor  # noqa: F401
+    # `smolagents.utils` imports jinja2 for one template function the interpreter never calls;
+    # jinja2 brings hashlib (OpenSSL), pickle and markupsafe: 34 more memory mappings that every
+    # fork copies and every exit tears down. A placeholder stands in while it is imported.
+    real_jinja2 = sys.modules.get("jinja2")
+    if real_jinja2 is None and "smolagents.utils" not in sys.modules:
+        sys.modules["jinja2"] = types.ModuleType("jinja2")
+    try:
+        import smolagents.local_python_executor  # noqa: F401
+    finally:
+        if real_jinja2 is None:
+            sys.modules.pop("jinja2", None)
 
 
 def _final_answer(*args: Any, **kwargs: Any) -> Any:
@@ -951,6 +966,8 @@ class _Zygote:
                 _umount(workdir)
                 os.rmdir(workdir)  # the files were on the tmpfs just unmounted
                 return
+        import shutil  # only without a mount namespace: it imports zlib, bz2 and lzma
+
         shutil.rmtree(workdir, ignore_errors=True)
 
     def on_child_exit(self, child: _Child) -> None:
