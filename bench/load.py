@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from bench.rawhttp import HttpError, Pool
-from bench.stats import latency_summary
+from bench.stats import latency_summary, steady_throughput
 
 EXECUTE = "/api/v1/agent/execute"
 EXECUTION = "/api/v1/agent/execution/"
@@ -112,11 +112,12 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     runner = RUNNERS[mode]
     counter = itertools.count()
     latencies: list[float] = []
+    completions: list[list[float]] = [[] for _ in range(c)]
     errors: list[str] = []
     details: list[dict[str, Any]] = []
     timeout = httpx.Timeout(float(cfg["timeout_s"]), connect=10)
 
-    async def slot(client: httpx.AsyncClient) -> None:
+    async def slot(client: httpx.AsyncClient, done: list[float]) -> None:
         for k in counter:  # bounded: every slot stops once n executions were started
             if k >= n:
                 return
@@ -127,7 +128,9 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
             except (Failed, httpx.HTTPError, ValueError, KeyError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 continue
-            latencies.append((time.perf_counter() - t0) * 1000)
+            ended = time.perf_counter()
+            latencies.append((ended - t0) * 1000)
+            done.append(ended)
             details.append({"task": task, **extra})
 
     # Made before the clock starts: each client builds an SSL context (~15 ms of CPU), which
@@ -139,7 +142,8 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     ]
     try:
         started, cpu_started = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(slot(client) for client in clients))
+        slots = zip(clients, completions, strict=True)
+        await asyncio.gather(*(slot(client, done) for client, done in slots))
         wall, cpu_run = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         for client in clients:
@@ -152,6 +156,8 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "client_cpu_run_s": round(cpu_run, 2),  # the timed loop only (not imports and setup)
         "throughput": round(len(latencies) / wall, 2) if wall > 0 else 0.0,
+        # while every client had one in flight (no lockstep start, no drain): see bench.stats
+        "steady": steady_throughput(completions),
         **latency_summary(latencies),
     }
     if mode == "stream":

@@ -25,6 +25,25 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
+def steady_throughput(completions: Sequence[Sequence[float]]) -> dict[str, float] | None:
+    """Executions per second while every client had one in flight: from the moment the last
+    client finished its first execution until the first client finished its last one.
+
+    `completions` holds each client's completion times (seconds, one clock). A closed loop
+    starts all its clients at the same instant, so the first rounds run in lockstep (all
+    executions waiting on the provider together, then all wanting the CPU together), and at
+    the end fewer than `c` executions are in flight; the whole run's figure includes both.
+    None when the window holds too few completions to mean anything."""
+    if not completions or any(len(times) < 2 for times in completions):
+        return None
+    start = max(times[0] for times in completions)
+    end = min(times[-1] for times in completions)
+    done = sum(1 for times in completions for t in times if start < t <= end)
+    if end <= start or done < 4 * len(completions):
+        return None
+    return {"throughput": round(done / (end - start), 2), "window_s": round(end - start, 3)}
+
+
 def cpu_probe_ms(rounds: int = 5) -> float:
     """The fastest of `rounds` runs of a fixed pure-Python workload, in ms: the machine's
     speed at that moment. A 2-core cloud machine's speed drifts during a run, and the same
