@@ -146,6 +146,20 @@ async def test_concurrent_claims_take_each_execution_once(db: Database) -> None:
     assert sorted(claimed) == sorted(ids)  # every one, none twice
 
 
+async def test_a_claim_never_takes_more_than_its_limit(db: Database) -> None:
+    """A worker claims only what it has slots for, in both the transactional claim and the
+    worker's one-statement one (on PostgreSQL a locking LIMIT subquery under `IN` used to
+    be re-run per row and took the whole queue)."""
+    async with db.begin() as conn:
+        queued = [new_execution() for _ in range(5)]
+        for ex in queued:
+            await repos.insert_execution(conn, ex)
+    assert len(await claim(db, "w1", limit=1)) == 1
+    taken = await jobs.claim_work(db, worker_id="w2", limit=2, lease_s=30, now=utcnow())
+    assert len(taken) == 2
+    assert len(await claim(db, "w3", limit=5)) == 2  # what is left
+
+
 async def test_tenant_filter_hides_other_tenants(db: Database) -> None:
     ex = new_execution()
     async with db.begin() as conn:

@@ -71,10 +71,20 @@ def _claim_statement(skip_locked: bool):  # type: ignore[no-untyped-def]
         .limit(bindparam("limit"))
     )
     if skip_locked:
-        picked = picked.with_for_update(skip_locked=True)
+        # PostgreSQL re-runs a locking LIMIT subquery for each row of the outer scan of a
+        # semi-join, each run skipping the rows the previous ones locked: as `id IN (...)`
+        # it claimed every queued execution whatever the limit. A materialized CTE runs once.
+        chosen = (
+            picked.with_for_update(skip_locked=True)
+            .cte("picked")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        match = executions.c.id == chosen.c.id
+    else:
+        match = executions.c.id.in_(picked.scalar_subquery())
     return (
         update(executions)
-        .where(executions.c.id.in_(picked.scalar_subquery()), executions.c.status == QUEUED)
+        .where(match, executions.c.status == QUEUED)
         .values(
             status=RUNNING,
             attempt=executions.c.attempt + 1,
