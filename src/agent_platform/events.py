@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,6 +63,14 @@ class EventBus(Protocol):
         self, stream: str, after_id: str, timeout_s: float
     ) -> tuple[str, list[dict[str, Any]]]: ...
     async def ping(self) -> bool: ...
+    async def take(self, key: str, ttl_s: float) -> bool:
+        """True for one caller of `key` per `ttl_s`, whichever process it runs in: which of
+        the workers that heard a broadcast acts on it."""
+        ...
+
+    async def listeners(self, channel: str) -> int:
+        """How many processes are subscribed to `channel` (1 in embedded mode)."""
+        ...
 
 
 class _Fanout:
@@ -107,6 +116,7 @@ class InMemoryBus:
     def __init__(self) -> None:
         self._fanout = _Fanout()
         self._streams: OrderedDict[str, _MemoryStream] = OrderedDict()
+        self._taken: dict[str, float] = {}  # key -> when it may be taken again
 
     def _stream(self, name: str) -> _MemoryStream:
         stream = self._streams.get(name)
@@ -169,6 +179,18 @@ class InMemoryBus:
             self._fanout.remove(channel, queue)
 
     async def ping(self) -> bool:
+        return True
+
+    async def listeners(self, channel: str) -> int:
+        return 1  # one process
+
+    async def take(self, key: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        if self._taken.get(key, 0.0) > now:
+            return False
+        if len(self._taken) >= self.max_streams:
+            self._taken = {k: until for k, until in self._taken.items() if until > now}
+        self._taken[key] = now + ttl_s
         return True
 
 
@@ -284,6 +306,21 @@ class RedisBus:
             return bool(await asyncio.wait_for(self._redis.ping(), timeout=2))
         except Exception:
             return False
+
+    async def listeners(self, channel: str) -> int:
+        # each process holds one subscription per channel and fans it out locally
+        [(_, count)] = await self._redis.pubsub_numsub(self._prefix + channel)
+        return int(count)
+
+    async def take(self, key: str, ttl_s: float) -> bool:
+        try:
+            taken = await self._redis.set(
+                f"{self._prefix}take:{key}", b"1", nx=True, px=max(1, round(ttl_s * 1000))
+            )
+        except Exception as exc:  # fail open: a second taker's claim only finds nothing
+            log.warning("redis take of %s failed: %s", key, exc)
+            return True
+        return bool(taken)
 
     async def _read(self) -> None:
         while True:

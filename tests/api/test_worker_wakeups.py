@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from agent_platform.config import Settings
+from agent_platform.container import Platform
+from agent_platform.domain import WAKE_CHANNEL
 from tests.conftest import make_settings
 from tests.fakes.llm_server import FakeLLMServer, Text, code, final
 
@@ -45,3 +48,89 @@ async def test_a_full_worker_takes_the_backlog_as_slots_free(
             break
         await asyncio.sleep(0.05)
     assert [results.get(i, {}).get("result") for i in ids] == ["done 0", "done 1", "done 2"]
+
+
+@pytest.fixture
+async def second_worker(settings: Settings) -> AsyncIterator[Platform]:
+    """Another worker process's worth (its own bus connection, pool and sandbox), four slots."""
+    if settings.redis_url is None:
+        pytest.skip("several workers share work through PostgreSQL and Redis")
+    platform = Platform(settings.model_copy(update={"worker_concurrency": 4}))
+    await platform.start(migrate_schema=False)
+    await platform.start_worker_in_background()
+    try:
+        yield platform
+    finally:
+        await platform.close(grace_s=5)
+
+
+async def test_with_several_workers_a_burst_beyond_one_worker_is_never_left_for_the_poll(
+    client: httpx.AsyncClient, llm: FakeLLMServer, second_worker: Platform
+) -> None:
+    """Each new execution's wake-up is acted on by one worker only; one that fills up before
+    claiming all the executions whose wake-ups it took wakes the others (poll disabled)."""
+    for _ in range(100):
+        if await second_worker.bus.listeners(WAKE_CHANNEL) == 2:
+            break
+        await asyncio.sleep(0.05)
+    ids = []
+    for i in range(8):
+        kw = f"burst-{uuid.uuid4().hex[:8]}"
+        llm.script(kw, [Text(code(f"x = {i}").text, delay_ms=150), final(f"'done {i}'")])
+        response = await client.post(EXECUTE, json={"task": kw, "tools": [], "background": True})
+        assert response.status_code == 202
+        ids.append(response.json()["execution_id"])
+    results = {}
+    for _ in range(200):  # 10 s: far less than the poll interval
+        for execution_id in ids:
+            body = (await client.get(f"/api/v1/agent/execution/{execution_id}")).json()
+            if body["status"] not in ("queued", "running"):
+                results[execution_id] = body
+        if len(results) == len(ids):
+            break
+        await asyncio.sleep(0.05)
+    assert [results.get(i, {}).get("result") for i in ids] == [f"done {i}" for i in range(8)]
+
+
+async def test_a_new_executions_wake_up_is_acted_on_by_one_worker(settings: Settings) -> None:
+    """Two workers hear it, one claims (each extra claim would find nothing); a wake-up for a
+    requeue is for every worker with room."""
+    if settings.redis_url is None:
+        pytest.skip("several workers share work through PostgreSQL and Redis")
+    platforms = [Platform(settings), Platform(settings), Platform(settings)]
+    for platform in platforms:
+        await platform.bus.start()
+    workers = [platforms[0].make_worker(), platforms[1].make_worker()]
+    try:
+        async with (
+            platforms[0].bus.subscribe(WAKE_CHANNEL) as first,
+            platforms[1].bus.subscribe(WAKE_CHANNEL) as second,
+        ):
+            listening = [
+                asyncio.create_task(w._listen(q))
+                for w, q in zip(workers, (first, second), strict=True)
+            ]
+            for execution_id in (str(uuid.uuid4()) for _ in range(5)):
+                for worker in workers:
+                    worker._wake.clear()
+                await platforms[2].bus.publish(WAKE_CHANNEL, {"execution_id": execution_id})
+                for _ in range(100):
+                    if any(w._wake.is_set() for w in workers):
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)  # the other worker has heard it too by now
+                assert [w._wake.is_set() for w in workers].count(True) == 1
+            for worker in workers:
+                worker._wake.clear()
+            await platforms[2].bus.publish(WAKE_CHANNEL, {"reason": "requeued"})
+            for _ in range(100):
+                if all(w._wake.is_set() for w in workers):
+                    break
+                await asyncio.sleep(0.01)
+            assert all(w._wake.is_set() for w in workers)
+            for task in listening:
+                task.cancel()
+    finally:
+        for platform in platforms:
+            await platform.bus.close()
+            await platform.db.dispose()

@@ -62,3 +62,47 @@ async def test_redis_streams_are_capped_and_expire(redis_namespace: str) -> None
         await client.delete(f"{redis_namespace}:{stream}")
         await client.aclose()
         await bus.close()
+
+
+async def test_take_is_granted_to_one_caller_per_key(bus: EventBus) -> None:
+    key = f"k:{uuid.uuid4()}"
+    granted = await asyncio.gather(*(bus.take(key, 5.0) for _ in range(10)))
+    assert granted.count(True) == 1
+    assert await bus.take(f"k:{uuid.uuid4()}", 5.0)  # another key
+    short = f"k:{uuid.uuid4()}"
+    assert await bus.take(short, 0.05)
+    assert not await bus.take(short, 0.05)
+    await asyncio.sleep(0.1)
+    assert await bus.take(short, 0.05)  # expired: it can be taken again
+
+
+async def test_take_is_shared_between_processes_on_redis(redis_namespace: str) -> None:
+    one, other = RedisBus(REDIS_URL, redis_namespace), RedisBus(REDIS_URL, redis_namespace)
+    key = f"k:{uuid.uuid4()}"
+    try:
+        assert await one.take(key, 5.0)
+        assert not await other.take(key, 5.0)
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_listeners_count_the_processes_subscribed_to_a_channel(
+    redis_namespace: str,
+) -> None:
+    buses = [RedisBus(REDIS_URL, redis_namespace) for _ in range(3)]
+    for bus in buses:
+        await bus.start()
+    try:
+        assert await buses[0].listeners("wake") == 0
+        async with (
+            buses[0].subscribe("wake"),
+            buses[1].subscribe("wake"),
+            buses[1].subscribe("wake"),  # a second subscriber in one process
+        ):
+            assert await buses[2].listeners("wake") == 2
+        assert await buses[2].listeners("wake") == 0
+    finally:
+        for bus in buses:
+            await bus.close()
+    assert await InMemoryBus().listeners("wake") == 1

@@ -47,6 +47,10 @@ from agent_platform.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 1.0  # after a timeout/cancel, how long the agent may take to stop by itself
+# how long the first worker to take a new execution's wake-up keeps it (far longer than the
+# broadcast takes to reach every worker; the key then expires)
+WAKE_TAKE_TTL_S = 30.0
+PEERS_CHECK_S = 5.0  # how often a worker counts the workers listening for wake-ups
 # The "model answered" record of a step is written only if the step's code is still running
 # this long after: most code finishes sooner, and its completed record then carries all of it.
 PARTIAL_WRITE_DELAY_S = 0.05
@@ -81,6 +85,11 @@ class Worker:
         # spare threads: an agent stuck in code it cannot leave keeps its thread for a while
         self._threads = ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="agent")
         self._wake = asyncio.Event()
+        self._taken = 0  # wake-ups for new executions taken since the last claim
+        # work may be waiting for a slot: a wake-up came while full, or a claim filled us up
+        self._backlog = False
+        self._peers = 1  # workers listening for wake-ups, this one included
+        self._peers_checked = -PEERS_CHECK_S
         self._stopping = asyncio.Event()
         self.webhooks = WebhookDispatcher(db, settings)
         self._last_reap = 0.0
@@ -123,9 +132,34 @@ class Worker:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def _listen(self, wakeups: asyncio.Queue[dict[str, Any]]) -> None:
+        """Every worker hears every wake-up. With several workers, one for a new execution is
+        acted on by one worker with room (each of the others would run a claim that finds
+        nothing); the others (a requeue, a release, a worker that filled up before claiming
+        all it took) wake every worker with room. A full worker notes that work may be
+        waiting, and claims when a slot frees; otherwise a freed slot waits for a wake-up."""
         while True:
-            await wakeups.get()
+            message = await wakeups.get()
+            if self._stopping.is_set():
+                continue
+            if len(self.active) >= self.concurrency:
+                self._backlog = True
+                continue
+            execution_id = message.get("execution_id")
+            if execution_id is not None and "reason" not in message and await self._has_peers():
+                if not await self.bus.take(f"wake:{execution_id}", WAKE_TAKE_TTL_S):
+                    continue
+                self._taken += 1
             self._wake.set()
+
+    async def _has_peers(self) -> bool:
+        """Whether other workers listen too (counted every few seconds): alone, a worker takes
+        every wake-up without asking."""
+        now = time.monotonic()
+        if now - self._peers_checked >= PEERS_CHECK_S:
+            self._peers_checked = now
+            with contextlib.suppress(Exception):  # keep the last count
+                self._peers = await self.bus.listeners(WAKE_CHANNEL)
+        return self._peers > 1
 
     async def _listen_cancels(self, cancels: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
@@ -147,7 +181,8 @@ class Worker:
                 return
             # A claim takes all it has room for, so fewer than that means the queue was empty:
             # no second claim to find nothing. Work that arrives later wakes us (a submission,
-            # a requeue, a slot freed on a full worker); the poll interval covers a lost wake.
+            # a requeue, a slot freed on a full worker that may have work waiting); the poll
+            # interval covers a lost wake.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
 
@@ -165,16 +200,27 @@ class Worker:
             await self.bus.publish(WAKE_CHANNEL, {"reason": "requeued"})
 
     async def _claim_and_start(self) -> int:
+        taken, self._taken = self._taken, 0
         free = self.concurrency - len(self.active)
         if free <= 0:
+            if taken:
+                await self._pass_on()
             return 0
-        claimed = await jobs.claim_work(
-            self.db,
-            worker_id=self.worker_id,
-            limit=free,
-            lease_s=self.settings.lease_s,
-            now=utcnow(),
-        )
+        try:
+            claimed = await jobs.claim_work(
+                self.db,
+                worker_id=self.worker_id,
+                limit=free,
+                lease_s=self.settings.lease_s,
+                now=utcnow(),
+            )
+        except BaseException:
+            self._taken += taken  # claimed on the next attempt
+            raise
+        if len(claimed) == free:
+            self._backlog = True  # the queue may hold more
+            if taken > len(claimed):
+                await self._pass_on()
         for execution, events in claimed:
             task = asyncio.create_task(
                 self._execute(execution, events), name=f"exec-{execution.id}"
@@ -183,12 +229,18 @@ class Worker:
             task.add_done_callback(lambda _t, eid=execution.id: self._done(eid))
         return len(claimed)
 
+    async def _pass_on(self) -> None:
+        """This worker filled up before claiming what all the wake-ups it took announced:
+        wake every worker with room (the queue may still hold those executions)."""
+        await self.bus.publish(WAKE_CHANNEL, {"reason": "full"})
+
     def _done(self, execution_id: str) -> None:
         was_full = len(self.active) >= self.concurrency
         self.active.pop(execution_id, None)
         self._signals.pop(execution_id, None)
         self._claimed.pop(execution_id, None)
-        if was_full or self._burst:  # queued work may be waiting for this slot; a burst may end
+        if (was_full and self._backlog) or self._burst:  # work may be waiting; a burst may end
+            self._backlog = False
             self._wake.set()
 
     async def _execute(self, execution: Execution, claimed_events: list[Event]) -> None:
@@ -313,7 +365,9 @@ class Worker:
             released = await jobs.release(conn, execution, now=utcnow())
         if released:
             log.info("execution %s released for another worker to resume", execution.id)
-            await self.bus.publish(WAKE_CHANNEL, {"execution_id": execution.id})
+            await self.bus.publish(
+                WAKE_CHANNEL, {"execution_id": execution.id, "reason": "released"}
+            )
 
     async def _heartbeat(self, execution: Execution, stop: StopSignal) -> None:
         interval = self.settings.lease_s / 3
