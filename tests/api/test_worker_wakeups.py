@@ -28,18 +28,18 @@ def settings(llm: FakeLLMServer, backend: dict[str, Any]) -> Settings:
     )
 
 
-async def test_a_full_worker_takes_the_backlog_as_slots_free(
-    client: httpx.AsyncClient, llm: FakeLLMServer
-) -> None:
+async def run_backlog(client: httpx.AsyncClient, llm: FakeLLMServer, n: int) -> list[str | None]:
+    """Submit `n` executions at once (150 ms each), then the result of each once all ended,
+    polling the api for 20 s: far less than the workers' poll interval."""
     ids = []
-    for i in range(3):
+    for i in range(n):
         kw = f"wake-{uuid.uuid4().hex[:8]}"
         llm.script(kw, [Text(code(f"x = {i}").text, delay_ms=150), final(f"'done {i}'")])
         response = await client.post(EXECUTE, json={"task": kw, "tools": [], "background": True})
         assert response.status_code == 202
         ids.append(response.json()["execution_id"])
     results = {}
-    for _ in range(400):  # 20 s: far less than the poll interval
+    for _ in range(400):
         for execution_id in ids:
             body = (await client.get(f"/api/v1/agent/execution/{execution_id}")).json()
             if body["status"] not in ("queued", "running"):
@@ -47,7 +47,13 @@ async def test_a_full_worker_takes_the_backlog_as_slots_free(
         if len(results) == len(ids):
             break
         await asyncio.sleep(0.05)
-    assert [results.get(i, {}).get("result") for i in ids] == ["done 0", "done 1", "done 2"]
+    return [results.get(i, {}).get("result") for i in ids]
+
+
+async def test_a_full_worker_takes_the_backlog_as_slots_free(
+    client: httpx.AsyncClient, llm: FakeLLMServer
+) -> None:
+    assert await run_backlog(client, llm, 3) == ["done 0", "done 1", "done 2"]
 
 
 @pytest.fixture
@@ -73,23 +79,7 @@ async def test_with_several_workers_a_burst_beyond_one_worker_is_never_left_for_
         if await second_worker.bus.listeners(WAKE_CHANNEL) == 2:
             break
         await asyncio.sleep(0.05)
-    ids = []
-    for i in range(8):
-        kw = f"burst-{uuid.uuid4().hex[:8]}"
-        llm.script(kw, [Text(code(f"x = {i}").text, delay_ms=150), final(f"'done {i}'")])
-        response = await client.post(EXECUTE, json={"task": kw, "tools": [], "background": True})
-        assert response.status_code == 202
-        ids.append(response.json()["execution_id"])
-    results = {}
-    for _ in range(200):  # 10 s: far less than the poll interval
-        for execution_id in ids:
-            body = (await client.get(f"/api/v1/agent/execution/{execution_id}")).json()
-            if body["status"] not in ("queued", "running"):
-                results[execution_id] = body
-        if len(results) == len(ids):
-            break
-        await asyncio.sleep(0.05)
-    assert [results.get(i, {}).get("result") for i in ids] == [f"done {i}" for i in range(8)]
+    assert await run_backlog(client, llm, 8) == [f"done {i}" for i in range(8)]
 
 
 async def test_a_new_executions_wake_up_is_acted_on_by_one_worker(settings: Settings) -> None:
