@@ -59,8 +59,6 @@ async def test_a_full_worker_takes_the_backlog_as_slots_free(
 @pytest.fixture
 async def second_worker(settings: Settings) -> AsyncIterator[Platform]:
     """Another worker process's worth (its own bus connection, pool and sandbox), four slots."""
-    if settings.redis_url is None:
-        pytest.skip("several workers share work through PostgreSQL and Redis")
     platform = Platform(settings.model_copy(update={"worker_concurrency": 4}))
     await platform.start(migrate_schema=False)
     await platform.start_worker_in_background()
@@ -70,6 +68,8 @@ async def second_worker(settings: Settings) -> AsyncIterator[Platform]:
         await platform.close(grace_s=5)
 
 
+# several workers share work through PostgreSQL and Redis (embedded SQLite has one worker)
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_with_several_workers_a_burst_beyond_one_worker_is_never_left_for_the_poll(
     client: httpx.AsyncClient, llm: FakeLLMServer, second_worker: Platform
 ) -> None:
@@ -82,11 +82,10 @@ async def test_with_several_workers_a_burst_beyond_one_worker_is_never_left_for_
     assert await run_backlog(client, llm, 8) == [f"done {i}" for i in range(8)]
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_a_new_executions_wake_up_is_acted_on_by_one_worker(settings: Settings) -> None:
     """Two workers hear it, one claims (each extra claim would find nothing); a wake-up for a
     requeue is for every worker with room."""
-    if settings.redis_url is None:
-        pytest.skip("several workers share work through PostgreSQL and Redis")
     platforms = [Platform(settings), Platform(settings), Platform(settings)]
     for platform in platforms:
         await platform.bus.start()
