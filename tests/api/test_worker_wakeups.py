@@ -1,5 +1,5 @@
-"""Queued work starts on a wake-up, never on the poll: a worker with one slot and a poll
-interval longer than the test runs every execution of a backlog, one after another."""
+"""Queued work starts on a wake-up, never on the poll (disabled here): a backlog on a full
+worker, a burst across two workers, a session turn queued behind another."""
 
 from __future__ import annotations
 
@@ -22,9 +22,16 @@ POLL_NEVER_S = 600.0
 
 
 @pytest.fixture
-def settings(llm: FakeLLMServer, backend: dict[str, Any]) -> Settings:
+def settings(
+    request: pytest.FixtureRequest, llm: FakeLLMServer, backend: dict[str, Any]
+) -> Settings:
+    """One slot unless a test asks for more (indirect parametrization); never polls."""
     return make_settings(
-        llm, **backend, worker_concurrency=1, poll_interval_s=POLL_NEVER_S, reaper_interval_s=600
+        llm,
+        **backend,
+        worker_concurrency=getattr(request, "param", 1),
+        poll_interval_s=POLL_NEVER_S,
+        reaper_interval_s=600,
     )
 
 
@@ -38,16 +45,21 @@ async def run_backlog(client: httpx.AsyncClient, llm: FakeLLMServer, n: int) -> 
         response = await client.post(EXECUTE, json={"task": kw, "tools": [], "background": True})
         assert response.status_code == 202
         ids.append(response.json()["execution_id"])
-    results = {}
+    return await results_of(client, ids)
+
+
+async def results_of(client: httpx.AsyncClient, ids: list[str]) -> list[str | None]:
+    """Each execution's result once all ended, polling the api for at most 20 s."""
+    results: dict[str, str | None] = {}
     for _ in range(400):
         for execution_id in ids:
             body = (await client.get(f"/api/v1/agent/execution/{execution_id}")).json()
             if body["status"] not in ("queued", "running"):
-                results[execution_id] = body
+                results[execution_id] = body["result"]
         if len(results) == len(ids):
             break
         await asyncio.sleep(0.05)
-    return [results.get(i, {}).get("result") for i in ids]
+    return [results.get(i) for i in ids]
 
 
 async def test_a_full_worker_takes_the_backlog_as_slots_free(
@@ -123,3 +135,19 @@ async def test_a_new_executions_wake_up_is_acted_on_by_one_worker(settings: Sett
         for platform in platforms:
             await platform.bus.close()
             await platform.db.dispose()
+
+
+@pytest.mark.parametrize("settings", [4], indirect=True)
+async def test_a_session_turn_queued_behind_another_starts_when_it_ends(
+    client: httpx.AsyncClient, llm: FakeLLMServer
+) -> None:
+    """The worker has room, but the second turn may only start once the first ended: that
+    end wakes the workers (poll disabled)."""
+    kw = f"turns-{uuid.uuid4().hex[:8]}"
+    llm.script(kw, [Text(code("x = 1").text, delay_ms=300), final("'first'"), final("'second'")])
+    session_id = (await client.post("/api/v1/sessions", json={"title": "t"})).json()["session_id"]
+    ids = []
+    for task in (f"{kw} one", "two"):
+        body = {"task": task, "tools": [], "session_id": session_id, "background": True}
+        ids.append((await client.post(EXECUTE, json=body)).json()["execution_id"])
+    assert await results_of(client, ids) == ["first", "second"]

@@ -357,6 +357,8 @@ class Worker:
         """The run's last steps (if any) and the end, in one transaction."""
         events = await jobs.end(self.db, execution, outcome, final_steps=final_steps, now=utcnow())
         await notify(self.bus, execution.id, events)
+        if execution.session_id is not None:  # the session's next turn may be queued behind it
+            await self.bus.publish(WAKE_CHANNEL, {"reason": "session turn ended"})
         if execution.webhook_url:
             self.webhooks.notify()
 
