@@ -112,6 +112,7 @@ class InMemoryBus:
     """The embedded-mode bus: the api and the in-process worker share this object."""
 
     max_streams = 10_000  # oldest streams are dropped first (readers fall back to the DB)
+    max_taken = 10_000  # taken keys kept before the expired ones are swept
 
     def __init__(self) -> None:
         self._fanout = _Fanout()
@@ -188,7 +189,7 @@ class InMemoryBus:
         now = time.monotonic()
         if self._taken.get(key, 0.0) > now:
             return False
-        if len(self._taken) >= self.max_streams:
+        if len(self._taken) >= self.max_taken:
             self._taken = {k: until for k, until in self._taken.items() if until > now}
         self._taken[key] = now + ttl_s
         return True
