@@ -22,12 +22,24 @@ PG_PORT = 5432
 PG_EVERY = 8  # count PostgreSQL connections on every 8th RSS sample (every 2 s)
 Group = tuple[Callable[[], list[int]], bool]  # (pids to watch, include their descendants)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+# kernels built without CONFIG_PROC_CHILDREN lack the per-thread children lists
+CHILDREN_FILES = (PROC / "self" / "task" / str(os.getpid()) / "children").exists()
+
+
+def _read(path: str) -> bytes:
+    """One small /proc file, with plain system calls (the sampler reads hundreds a second)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
 
 
 def _stat_fields(pid: int) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name (which may contain spaces)."""
     try:
-        raw = (PROC / str(pid) / "stat").read_text()
+        raw = _read(f"/proc/{pid}/stat").decode()
     except OSError:
         return None
     return raw[raw.rfind(")") + 2 :].split()
@@ -56,33 +68,56 @@ def _parents() -> dict[int, int]:
     return parents
 
 
-def descendants(root: int, parents: dict[int, int] | None = None) -> list[int]:
-    """All living descendants of `root` (children, grandchildren, ...), not `root` itself."""
-    parents = _parents() if parents is None else parents
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`, from `/proc/<pid>/task/<tid>/children` (each thread's own):
+    reads only the tree asked about, where `_parents` reads every process on the machine."""
     found: list[int] = []
-    todo = list(children.get(root, []))
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        try:
+            found.extend(int(c) for c in _read(f"/proc/{pid}/task/{tid}/children").split())
+        except OSError:
+            continue
+    return found
+
+
+def descendants(root: int, parents: dict[int, int] | None = None) -> list[int]:
+    """All living descendants of `root` (children, grandchildren, ...), not `root` itself;
+    from `parents` (one pass over /proc) when given, else from the children files."""
+    if parents is None and not CHILDREN_FILES:
+        parents = _parents()
+    if parents is None:
+        step = children
+    else:
+        by_parent: dict[int, list[int]] = {}
+        for pid, ppid in parents.items():
+            by_parent.setdefault(ppid, []).append(pid)
+
+        def step(pid: int) -> list[int]:
+            return by_parent.get(pid, [])
+
+    found: list[int] = []
+    todo = step(root)
     while todo:  # bounded: every pid is visited once (a process tree has no cycles)
         pid = todo.pop()
         found.append(pid)
-        todo.extend(children.get(pid, []))
+        todo.extend(step(pid))
     return found
 
 
 def all_descendants(roots: Iterable[int]) -> list[int]:
     """Descendants of every root (e.g. a worker's sandbox zygote and its children)."""
-    parents = _parents()
-    return [pid for root in roots for pid in descendants(root, parents)]
+    return [pid for root in roots for pid in descendants(root)]
 
 
 def tree(roots: Iterable[int], parents: dict[int, int] | None = None) -> list[int]:
-    """`roots` and all their descendants."""
-    parents = _parents() if parents is None else parents
+    """`roots` (those still running) and all their descendants."""
     pids: list[int] = []
     for root in roots:
-        if root in parents:
+        if (root in parents) if parents is not None else os.path.exists(f"/proc/{root}"):
             pids.append(root)
             pids.extend(descendants(root, parents))
     return pids
@@ -100,8 +135,11 @@ def _status_kb(pid: int, key: str, filename: str = "status") -> int:
 
 
 def rss_kb(pid: int) -> int:
-    """VmRSS of one process (0 if it is gone or a kernel thread)."""
-    return _status_kb(pid, "VmRSS:")
+    """Resident set of one process (VmRSS; 0 if it is gone), from the one-line `statm`."""
+    try:
+        return int(_read(f"/proc/{pid}/statm").split()[1]) * PAGE_KB
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def pss_kb(pid: int) -> int:
@@ -210,10 +248,9 @@ class RssSampler:
             groups, pg_groups = dict(self._groups), dict(self._pg_groups)
         if not groups:
             return {}
-        parents = _parents()
         now: dict[str, float] = {}
         for name, (pids, deep) in groups.items():
-            members = tree(pids(), parents) if deep else pids()
+            members = tree(pids()) if deep else pids()
             now[name] = sum(rss_kb(p) for p in members) / 1024
         self._count += 1
         if pg_groups and self._count % PG_EVERY == 1:
