@@ -43,6 +43,7 @@ It can be scripted over HTTP with ``POST /_script`` (see ``remote_script``), and
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import secrets
@@ -54,7 +55,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -357,93 +358,155 @@ def _openai_error(status: int, message: str, code: str | None = None) -> dict[st
 
 # --------------------------------------------------------------------------- HTTP plumbing
 
-
-class _HTTPServer(ThreadingHTTPServer):
-    """Threaded server that knows its owner and keeps quiet about client disconnects."""
-
-    daemon_threads = True
-    request_queue_size = 256
-    owner: FakeLLMServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-            return  # clients timing out / closing pooled connections is normal here
-        super().handle_error(request, client_address)
+MAX_HEAD = 64 * 1024  # request line + headers
+_REASONS = {529: "Overloaded"}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Request handler; keep-alive (SDKs pool connections) and no Nagle delay on small writes."""
+class _Headers(dict[str, str]):
+    """Request headers by lower-cased name (HTTP header names are case-insensitive)."""
 
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server_version = "fake-llm/1.0"
-    sys_version = ""
-    server: _HTTPServer
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection, add=True)
 
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            super().finish()
-        self.server.owner._track(self.connection, add=False)
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, served on the server's event loop: requests are
+    answered in order, one at a time; the latency is a timer, not a sleeping thread (a
+    benchmark's provider shares the machine with what it measures)."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: tests and benchmarks do not want an access log on stderr."""
+    def __init__(self, owner: FakeLLMServer) -> None:
+        self.owner = owner
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.pending: asyncio.TimerHandle | None = None  # an answer waiting for its latency
+        self.close_after = False
 
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(data)
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # no Nagle delay on small writes
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.owner._conns.add(self)
 
-    def _send(self, out: _Outcome) -> None:
-        # the latency is the whole call's: the time spent reading and answering counts in it
-        remaining = out.sleep_s - (time.monotonic() - self._started)
-        if remaining > 0:
-            self.server.owner._sleep(remaining)
-        reason = {529: "Overloaded"}.get(out.status)
-        self.send_response(out.status, reason)
-        self.send_header("Content-Type", out.content_type)
-        self.send_header("Content-Length", str(len(out.payload)))
-        for key, value in out.headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(out.payload)
-        self.wfile.flush()
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+        self.owner._conns.discard(self)
+        self.transport = None
 
-    def do_GET(self) -> None:
-        self._started = time.monotonic()
-        self._dispatch("GET", b"")
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.pending is None:
+            self._next_request()
 
-    def do_POST(self) -> None:
-        self._started = time.monotonic()
-        self._dispatch("POST", self._read_body())
-
-    def _dispatch(self, method: str, raw: bytes) -> None:
+    def _next_request(self) -> None:
         try:
-            out = self.server.owner._handle(method, self.path, self.headers, raw)
+            request = _parse_request(self.buffer)
+        except ValueError as exc:
+            self.close_after = True
+            payload = json.dumps(_anthropic_error(400, f"bad request: {exc}")).encode()
+            self._answer(_Outcome(400, payload))
+            return
+        if request is None:  # incomplete: wait for more bytes
+            return
+        started = time.monotonic()
+        method, target, headers, raw = request
+        if headers.get("connection", "").lower() == "close":
+            self.close_after = True
+        try:
+            out = self.owner._handle(method, target, headers, raw)
         except Exception as exc:  # a bug in the fake must show up as a 500, not a hung client
             payload = json.dumps(_anthropic_error(500, f"fake server bug: {exc!r}")).encode()
             out = _Outcome(500, payload)
-        self._send(out)
+        # the latency is the whole call's: the time spent reading and answering counts in it
+        remaining = out.sleep_s - (time.monotonic() - started)
+        loop = asyncio.get_running_loop()
+        self.pending = loop.call_later(max(0.0, remaining), self._answer, out)
+
+    def _answer(self, out: _Outcome) -> None:
+        self.pending = None
+        if self.transport is None:
+            return
+        reason = _REASONS.get(out.status) or HTTPStatus(out.status).phrase
+        head = [
+            f"HTTP/1.1 {out.status} {reason}",
+            "Server: fake-llm/1.0",
+            f"Content-Type: {out.content_type}",
+            f"Content-Length: {len(out.payload)}",
+            *(f"{key}: {value}" for key, value in out.headers.items()),
+        ]
+        if self.close_after:
+            head.append("Connection: close")
+        self.transport.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + out.payload)
+        if self.close_after:
+            self.transport.close()
+        elif self.buffer:
+            self._next_request()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _parse_request(buffer: bytearray) -> tuple[str, str, _Headers, bytes] | None:
+    """Take one complete request off the front of `buffer`: (method, target, headers, body);
+    None while it is incomplete. Bodies by Content-Length or chunked."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > MAX_HEAD:
+            raise ValueError("request head too large")
+        return None
+    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise ValueError(f"malformed request line {lines[0][:80]!r}")
+    headers = _Headers()
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError(f"malformed header line {line[:80]!r}")
+        headers[name.strip().lower()] = value.strip()
+    start = end + 4
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(buffer, start)
+        if body is None:
+            return None
+        raw, consumed = body
+    else:
+        length = int(headers.get("content-length") or 0)
+        if len(buffer) < start + length:
+            return None
+        raw, consumed = bytes(buffer[start : start + length]), start + length
+    del buffer[:consumed]
+    return parts[0], parts[1], headers, raw
+
+
+def _dechunk(buffer: bytearray, pos: int) -> tuple[bytes, int] | None:
+    """A chunked body starting at `pos`: (body, end offset), or None while incomplete."""
+    data = bytearray()
+    while True:
+        eol = buffer.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(bytes(buffer[pos:eol]).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            trailers_end = buffer.find(b"\r\n\r\n", eol)
+            if buffer[eol : eol + 4] == b"\r\n\r\n":
+                return bytes(data), eol + 4
+            return None if trailers_end < 0 else (bytes(data), trailers_end + 4)
+        if len(buffer) < eol + 2 + size + 2:
+            return None
+        data += buffer[eol + 2 : eol + 2 + size]
+        pos = eol + 2 + size + 2
 
 
 # --------------------------------------------------------------------------- the server
 
 
 class FakeLLMServer:
-    """Fake Anthropic + OpenAI endpoint on 127.0.0.1, serving scripted replies from a thread."""
+    """Fake Anthropic + OpenAI endpoint on 127.0.0.1: scripted replies, served by an event loop
+    in a daemon thread."""
 
     def __init__(
         self,
@@ -466,46 +529,59 @@ class FakeLLMServer:
         self._scripts: dict[str, tuple[Text, ...]] = {}
         self._attempts: dict[tuple[str | None, int], int] = {}
         self._log: list[RequestRecord] = []
-        self._conns: set[socket.socket] = set()
-        self._stopping = threading.Event()
-        self._httpd: _HTTPServer | None = None
+        self._conns: set[_Connection] = set()  # touched on the server's loop only
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle
 
     def start(self) -> Self:
-        """Bind and serve from a daemon thread; returns self for chaining."""
-        if self._httpd is not None:
+        """Bind, then serve from an event loop in a daemon thread; returns self for chaining."""
+        if self._sock is not None:
             return self
-        self._stopping.clear()
-        httpd = _HTTPServer((self._host, self._port), _Handler)
-        httpd.owner = self
-        self._httpd = httpd
+        sock = socket.create_server((self._host, self._port), backlog=256)
+        ready = threading.Event()
+        self._sock = sock
         self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            daemon=True,
-            name=f"fake-llm-{self.port}",
+            target=self._serve, args=(sock, ready), daemon=True, name=f"fake-llm-{self.port}"
         )
         self._thread.start()
+        ready.wait(5)
         return self
 
+    def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            self._stopped = loop.create_future()
+            server = loop.run_until_complete(
+                loop.create_server(lambda: _Connection(self), sock=sock, backlog=256)
+            )
+            ready.set()
+            loop.run_until_complete(self._stopped)
+            server.close()
+            for conn in list(self._conns):  # answers still waiting for their latency: dropped
+                conn.abort()
+            loop.run_until_complete(asyncio.sleep(0))  # let the connections see their end
+        finally:
+            ready.set()
+            loop.close()
+
     def stop(self) -> None:
-        """Stop serving, wake sleeping handlers and drop kept-alive connections."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
+        """Stop serving, drop kept-alive connections and answers still waiting to be sent."""
+        sock, self._sock = self._sock, None
+        if sock is None:
             return
-        self._stopping.set()
-        httpd.shutdown()
-        httpd.server_close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                loop.call_soon_threadsafe(lambda: stopped.done() or stopped.set_result(None))
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        sock.close()
+        self._loop = self._stopped = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -515,9 +591,9 @@ class FakeLLMServer:
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        if self._sock is None:
             raise RuntimeError("server not started")
-        return int(self._httpd.server_address[1])
+        return int(self._sock.getsockname()[1])
 
     @property
     def base_url(self) -> str:
@@ -568,17 +644,6 @@ class FakeLLMServer:
                 self._scripts.clear()
 
     # -- internals used by the handler
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
-
-    def _sleep(self, seconds: float) -> None:
-        """Sleep in the handler thread; returns early when the server is stopping."""
-        self._stopping.wait(seconds)
 
     def _match(self, messages: list[Any]) -> tuple[str | None, int, tuple[Text, ...]]:
         turns = _turns(messages)

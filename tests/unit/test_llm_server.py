@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +30,6 @@ from tests.fakes.llm_server import (  # noqa: E402
     FakeLLMServer,
     Hang,
     Text,
-    _Handler,
     code,
     count_tokens,
     final,
@@ -366,16 +366,60 @@ def test_hang_makes_the_client_time_out(server: FakeLLMServer) -> None:
 
 
 def test_keep_alive_and_no_nagle(server: FakeLLMServer) -> None:
-    assert _Handler.disable_nagle_algorithm is True
-    assert _Handler.protocol_version == "HTTP/1.1"
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     body = json.dumps({"model": MODEL, "max_tokens": 9, "messages": [user("hi")]})
     headers = {"x-api-key": "k", "content-type": "application/json"}
+    ports = set()
     for _ in range(3):  # the same socket serves every request
         conn.request("POST", "/v1/messages", body=body, headers=headers)
         resp = conn.getresponse()
+        assert resp.version == 11 and resp.getheader("Connection") is None
         assert resp.status == 200 and json.loads(resp.read())["type"] == "message"
+        assert conn.sock is not None
+        ports.add(conn.sock.getsockname()[1])
+    assert len(ports) == 1
+    (served,) = [c for c in server._conns if c.transport.get_extra_info("peername")[1] in ports]
+    sock = served.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     conn.close()
+
+
+def test_chunked_and_pipelined_requests_are_answered_in_order(server: FakeLLMServer) -> None:
+    server.script("first", [Text("one")])
+    server.script("second", [Text("two")])
+    bodies = [
+        json.dumps({"model": MODEL, "max_tokens": 9, "messages": [user(word)]}).encode()
+        for word in ("first", "second")
+    ]
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(part), part) for part in (bodies[0][:7], bodies[0][7:])
+    )
+    wire = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(bodies[1]), bodies[1])
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        for k in range(0, len(wire), 50):  # in pieces, as a slow network delivers them
+            sock.sendall(wire[k : k + 50])
+        received = b""
+        while chunk := sock.recv(65536):  # the second answer closes the connection
+            received += chunk
+    answers = received.split(b"HTTP/1.1 ")[1:]
+    assert [a.split(b" ", 1)[0] for a in answers] == [b"200", b"200"]
+    texts = [json.loads(a.split(b"\r\n\r\n", 1)[1])["content"][0]["text"] for a in answers]
+    assert texts == ["one", "two"]
+
+
+def test_a_malformed_request_gets_a_400_and_the_connection_closes(server: FakeLLMServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"NONSENSE\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert "malformed request line" in received.decode()
 
 
 # --------------------------------------------------------------------------- control plane
