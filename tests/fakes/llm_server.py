@@ -548,7 +548,9 @@ class FakeLLMServer:
             target=self._serve, args=(sock, ready), daemon=True, name=f"fake-llm-{self.port}"
         )
         self._thread.start()
-        ready.wait(5)
+        if not ready.wait(5) or not self._thread.is_alive():
+            self.stop()
+            raise RuntimeError("the fake LLM server's event loop did not start")
         return self
 
     def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
