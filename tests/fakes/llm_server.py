@@ -428,7 +428,7 @@ class _Connection(asyncio.Protocol):
         self.pending = None
         if self.transport is None:
             return
-        reason = _REASONS.get(out.status) or HTTPStatus(out.status).phrase
+        reason = _REASONS.get(out.status) or _phrase(out.status)
         head = [
             f"HTTP/1.1 {out.status} {reason}",
             "Server: fake-llm/1.0",
@@ -447,6 +447,13 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a scripted fault may use any status
+        return "Unknown"
 
 
 def _parse_request(buffer: bytearray) -> tuple[str, str, _Headers, bytes] | None:

@@ -473,3 +473,13 @@ def test_smolagents_codeagent_runs_the_default_script(server: FakeLLMServer) -> 
         (0, "stop_sequence"),
         (1, "stop_sequence"),
     ]
+
+
+def test_a_scripted_fault_may_use_a_status_without_a_standard_reason(server: FakeLLMServer) -> None:
+    server.script("odd status", [Text("fine", fail_first=[599])])
+    body = {"model": MODEL, "max_tokens": 9, "messages": [user("odd status")]}
+    headers = {"x-api-key": "k"}
+    first = httpx.post(server.base_url + "/v1/messages", json=body, headers=headers)
+    assert first.status_code == 599 and first.reason_phrase == "Unknown"
+    second = httpx.post(server.base_url + "/v1/messages", json=body, headers=headers)
+    assert second.status_code == 200 and second.json()["content"][0]["text"] == "fine"
