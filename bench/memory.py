@@ -84,42 +84,49 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def descendants(root: int, parents: dict[int, int] | None = None) -> list[int]:
-    """All living descendants of `root` (children, grandchildren, ...), not `root` itself;
-    from `parents` (one pass over /proc) when given, else from the children files."""
-    if parents is None and not CHILDREN_FILES:
-        parents = _parents()
+def _children_of(parents: dict[int, int] | None) -> Callable[[int], list[int]]:
+    """How to find a process's children: from `parents` (one pass over /proc) when given,
+    else from the per-thread children lists (one pass on kernels without them). Built once
+    per walk, however many roots it covers."""
     if parents is None:
-        step = children
-    else:
-        by_parent: dict[int, list[int]] = {}
-        for pid, ppid in parents.items():
-            by_parent.setdefault(ppid, []).append(pid)
+        if CHILDREN_FILES:
+            return children
+        parents = _parents()
+    by_parent: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        by_parent.setdefault(ppid, []).append(pid)
+    return lambda pid: by_parent.get(pid, [])
 
-        def step(pid: int) -> list[int]:
-            return by_parent.get(pid, [])
 
+def _walk(root: int, children_of: Callable[[int], list[int]]) -> list[int]:
     found: list[int] = []
-    todo = step(root)
+    todo = list(children_of(root))
     while todo:  # bounded: every pid is visited once (a process tree has no cycles)
         pid = todo.pop()
         found.append(pid)
-        todo.extend(step(pid))
+        todo.extend(children_of(pid))
     return found
+
+
+def descendants(root: int, parents: dict[int, int] | None = None) -> list[int]:
+    """All living descendants of `root` (children, grandchildren, ...), not `root` itself."""
+    return _walk(root, _children_of(parents))
 
 
 def all_descendants(roots: Iterable[int]) -> list[int]:
     """Descendants of every root (e.g. a worker's sandbox zygote and its children)."""
-    return [pid for root in roots for pid in descendants(root)]
+    children_of = _children_of(None)
+    return [pid for root in roots for pid in _walk(root, children_of)]
 
 
 def tree(roots: Iterable[int], parents: dict[int, int] | None = None) -> list[int]:
     """`roots` (those still running) and all their descendants."""
+    children_of = _children_of(parents)
     pids: list[int] = []
     for root in roots:
         if (root in parents) if parents is not None else os.path.exists(f"/proc/{root}"):
             pids.append(root)
-            pids.extend(descendants(root, parents))
+            pids.extend(_walk(root, children_of))
     return pids
 
 
