@@ -104,7 +104,7 @@ class Platform:
         factory = None
         if self.sandbox is not None:
             pool = self.sandbox
-            factory = lambda execution_id: pool.spawn(execution_id=execution_id)  # noqa: E731
+            factory = lambda execution_id: pool.request(execution_id=execution_id)  # noqa: E731
         runner = AgentRunner(self.registry, self.providers, factory)
         self.worker = Worker(
             self.settings,

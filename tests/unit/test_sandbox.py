@@ -506,6 +506,93 @@ def test_children_are_never_reused_and_spawn_is_thread_safe(pool):
     assert not {pid for pid, _ in kids} & {r[0] for r in results.values()}
 
 
+def settled_children(pool: SandboxPool, count: int, timeout_s: float = 10) -> list[int]:
+    """The zygote's children once there are `count` of them (or at the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        kids = [pid for pid, state in children_of(pool.zygote_pid) if state != "Z"]
+        if len(kids) == count or time.monotonic() > deadline:
+            return kids
+        time.sleep(0.02)
+
+
+def test_request_hands_the_child_over_at_first_use_with_what_was_sent_before(pool):
+    """An execution asks for its sandbox before its first model call: nothing waits for the
+    zygote until code runs, and tools and variables sent meanwhile reach the child first."""
+    tool = CountingTool()
+    ex = pool.request(execution_id="early")
+    try:
+        ex.send_tools({"lookup": tool, "final_answer": FinalAnswerTool()})
+        ex.send_variables({"x": 20})
+        assert ex.pid is None  # only asked for so far
+        out = ex("r = lookup('k')\nx + len(r['items'])")
+        assert out.output == 23
+        assert ex.pid is not None and ex.pid in pool.live_pids()
+        assert ex.isolation["network"] == "netns"
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize("give_up", ["kill", "close"])
+def test_a_sandbox_given_up_before_its_child_was_taken_leaves_no_child(give_up):
+    p = SandboxPool(limits=LIMITS, authorized_imports=[], prefork=1)
+    p.start()
+    try:
+        assert len(settled_children(p, 1)) == 1  # the pre-forked child
+        ex = p.request(execution_id="unwanted")
+        getattr(ex, give_up)()  # at once: the zygote's reply is usually still on its way
+        with pytest.raises(SandboxError):
+            ex("1")
+        ex.close()
+        later = p.request(execution_id="wanted-then-dropped")
+        time.sleep(0.3)  # the reply has come: the executor must take the child to end it
+        later.close()
+        assert later.pid is not None and process_state(later.pid) is None  # reaped
+        assert len(settled_children(p, 1)) == 1  # nothing else left
+        assert_healthy(p)
+    finally:
+        p.stop()
+
+
+def test_a_zygote_that_does_not_answer_fails_the_first_use_and_its_late_child_is_dropped():
+    p = SandboxPool(limits=LIMITS, authorized_imports=[], prefork=1, spawn_timeout_s=0.5)
+    p.start()
+    try:
+        assert len(settled_children(p, 1)) == 1
+        zygote = p.zygote_pid
+        assert zygote is not None
+        os.kill(zygote, signal.SIGSTOP)
+        try:
+            ex = p.request(execution_id="slow")  # returns at once
+            started = time.monotonic()
+            with pytest.raises(SandboxCrashed, match=r"took more than 0\.5 s"):
+                ex("1")
+            assert 0.4 < time.monotonic() - started < 5
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        # the reply comes after all: the pool discards that child
+        assert len(settled_children(p, 1)) == 1
+        with pytest.raises(SandboxCrashed, match="took more than"):
+            ex("1")
+        ex.close()
+        assert_healthy(p)
+    finally:
+        p.stop()
+
+
+def test_a_request_pending_when_the_pool_stops_fails_its_first_use():
+    p = SandboxPool(limits=LIMITS, authorized_imports=[], prefork=0)
+    p.start()
+    zygote = p.zygote_pid
+    assert zygote is not None
+    os.kill(zygote, signal.SIGSTOP)  # the request stays unanswered
+    ex = p.request(execution_id="orphaned")
+    p.stop()  # kills the stopped zygote
+    with pytest.raises(SandboxCrashed, match="pool stopped"):
+        ex("1")
+    ex.close()
+
+
 def test_stop_kills_everything_and_leaves_no_zombies():
     p = SandboxPool(limits=LIMITS, authorized_imports=[], prefork=2)
     p.start()

@@ -17,6 +17,9 @@ Usage::
     executor.close()
     pool.stop()
 
+``pool.request(...)`` is ``spawn`` without waiting for the zygote: the child is taken at the
+first call (the worker asks before the first model call, so the hand-over overlaps it).
+
 Errors: an error in the model's code raises smolagents' ``InterpreterError`` (like
 ``LocalPythonExecutor``); a dead child raises :class:`SandboxCrashed`, the wall-clock limit
 :class:`SandboxTimeout`, :meth:`SandboxExecutor.kill` :class:`SandboxKilled`.  After one of those
@@ -535,9 +538,19 @@ class SandboxPool:
 
     # -- spawning ---------------------------------------------------------------------------
     def spawn(self, *, execution_id: str) -> SandboxExecutor:
-        """A fresh sandbox for one execution (never reused).  Thread-safe; well under a ms when
-        a pre-forked child is ready, a fork (~1-3 ms) otherwise.  Starts the pool on first use
-        and restarts a zygote that died, but not a pool that was ``stop()``-ped."""
+        """A fresh sandbox for one execution (never reused), its child already handed over.
+        Thread-safe; well under a ms when a pre-forked child is ready, a fork (~1-3 ms)
+        otherwise.  Starts the pool on first use and restarts a zygote that died, but not a
+        pool that was ``stop()``-ped."""
+        executor = self.request(execution_id=execution_id)
+        executor.wait_child()
+        return executor
+
+    def request(self, *, execution_id: str) -> SandboxExecutor:
+        """Like :meth:`spawn`, without waiting for the zygote's reply: the executor takes its
+        child when first used (at most ``spawn_timeout_s`` after this call; tools and
+        variables sent before are queued).  An execution asks for its sandbox before its
+        first model call, so the hand-over happens while the model answers, not after."""
         z = self._zygote
         if z is None or not z.alive:
             if self._stopped:
@@ -552,31 +565,19 @@ class SandboxPool:
         try:
             self._send_control(z, {"op": "spawn", "id": req_id, "execution_id": execution_id})
         except OSError as e:
-            with self._cond:
-                self._pending.pop(req_id, None)
+            self._withdraw(req_id)
             raise SandboxCrashed(f"sandbox zygote is not running: {e}") from None
-        if not slot.event.wait(self.spawn_timeout_s):
-            with self._cond:
-                self._pending.pop(req_id, None)
-            raise SandboxCrashed(f"spawning a sandbox took more than {self.spawn_timeout_s:g} s")
-        msg = slot.msg
-        if msg is None:
-            raise SandboxCrashed("sandbox zygote died")
-        if msg["op"] != "spawned" or len(slot.fds) != 2:
-            _close_fds(slot.fds)
-            raise SandboxCrashed(f"cannot spawn a sandbox: {msg.get('error', 'bad reply')}")
-        sock = socket.socket(fileno=slot.fds[0])
-        executor = SandboxExecutor(
-            pool=self,
-            zygote=z,
-            pid=int(msg["pid"]),
-            sock=sock,
-            pidfd=slot.fds[1],
-            workdir=str(msg["workdir"]),
-            execution_id=execution_id,
+        handle = _ChildHandle(
+            self, z, req_id, slot, deadline=time.monotonic() + self.spawn_timeout_s
         )
-        self._live[executor.pid] = executor
-        return executor
+        return SandboxExecutor(pool=self, handle=handle, execution_id=execution_id)
+
+    def _withdraw(self, req_id: int) -> bool:
+        """Give up a spawn request.  True if its reply had not come: the reader then discards
+        the child when it does.  False if it came (or is being delivered): it is the
+        requester's to take."""
+        with self._cond:
+            return self._pending.pop(req_id, None) is not None
 
 
 def _sweep_stale_base_dirs(parent: str, *, min_age_s: float = 60.0) -> None:
@@ -626,29 +627,69 @@ def _close_fds(fds: list[int]) -> None:
 
 
 class _ChildHandle:
-    """OS resources of one child; shared with a ``weakref.finalize`` (no executor reference)."""
+    """OS resources of one child, from the spawn request to the release; shared with a
+    ``weakref.finalize`` (no executor reference).  Until :meth:`take` has the zygote's reply
+    there is no child here yet, only the request."""
 
     def __init__(
-        self,
-        pool: SandboxPool,
-        zygote: _Zygote,
-        pid: int,
-        sock: socket.socket,
-        pidfd: int,
-        workdir: str,
+        self, pool: SandboxPool, zygote: _Zygote, req_id: int, slot: _Pending, *, deadline: float
     ) -> None:
         self.pool = pool
         self.zygote = zygote  # the one that forked it: a pid means nothing to another zygote
-        self.pid = pid
-        self.sock = sock
-        self.pidfd = pidfd
-        self.workdir = workdir
+        self.req_id = req_id
+        self.slot = slot
+        self.deadline = deadline  # time.monotonic() by which the zygote must have answered
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+        self.pidfd = -1
+        self.workdir = ""
         self.lock = threading.Lock()
+        self.answered = False  # the reply was taken (a child, or why there is none)
         self.closed = False
         self.closed_by_release = False
         self.pool_stopped = False
 
+    def take(self) -> None:
+        """Wait for the zygote's reply and take the child.  Raises ``SandboxCrashed``."""
+        slot = self.slot
+        if not slot.event.wait(max(0.0, self.deadline - time.monotonic())):
+            if self.pool._withdraw(self.req_id):
+                with self.lock:
+                    self.answered = True
+                raise SandboxCrashed(
+                    f"spawning a sandbox took more than {self.pool.spawn_timeout_s:g} s"
+                )
+            slot.event.wait()  # it came as we gave up: the reader is handing it over
+        with self.lock:
+            if self.closed:
+                raise SandboxCrashed("sandbox closed before its child was handed over")
+            self._adopt_locked()
+
+    def _adopt_locked(self) -> None:
+        if self.answered:
+            if self.pid is None:
+                raise SandboxCrashed("no sandbox child was handed over")
+            return
+        self.answered = True
+        msg, fds = self.slot.msg, self.slot.fds
+        if msg is None:
+            raise SandboxCrashed(
+                "sandbox pool stopped" if self.pool._stopped else "sandbox zygote died"
+            )
+        if msg["op"] != "spawned" or len(fds) != 2:
+            _close_fds(fds)
+            raise SandboxCrashed(f"cannot spawn a sandbox: {msg.get('error', 'bad reply')}")
+        self.pid = int(msg["pid"])
+        self.sock = socket.socket(fileno=fds[0])
+        self.pidfd = fds[1]
+        self.workdir = str(msg["workdir"])
+
     def kill(self) -> None:
+        with self.lock:
+            requested_only = self.pid is None
+        if requested_only:  # nothing runs yet: give the request up
+            self.close(wait=False)
+            return
         with self.lock:
             if self.pidfd < 0:
                 return
@@ -666,6 +707,19 @@ class _ChildHandle:
             if self.closed:
                 return
             self.closed = True
+            if self.pid is None:
+                if not self.answered and self.pool._withdraw(self.req_id):
+                    self.answered = True
+                    self.slot.event.set()  # a waiting `take` finds nothing to take
+                    return  # the reader discards the child when it comes
+                if not self.answered:  # it came: take it, to release it
+                    self.slot.event.wait()
+                    with contextlib.suppress(SandboxCrashed):
+                        self._adopt_locked()
+                if self.pid is None:
+                    return
+        pid, sock = self.pid, self.sock
+        assert sock is not None
         # A live zygote kills what is left of the child's process group when released, then
         # reaps it and unmounts and removes its work dir; without one, we kill, and only the
         # empty directory it made is left for us to remove. Not waiting, we leave the kill to
@@ -675,10 +729,10 @@ class _ChildHandle:
         if wait or not zygote_cleans_up:
             self.kill()
         if not self.pool_stopped:
-            self.pool._release(self.zygote, self.pid, wait=wait)
+            self.pool._release(self.zygote, pid, wait=wait)
         self.closed_by_release = True
         with contextlib.suppress(OSError):
-            self.sock.close()  # an idle child reads end-of-file and exits by itself
+            sock.close()  # an idle child reads end-of-file and exits by itself
         with self.lock:
             if self.pidfd >= 0:
                 with contextlib.suppress(OSError):
@@ -691,36 +745,33 @@ class _ChildHandle:
 class SandboxExecutor(PythonExecutor):
     """A smolagents ``PythonExecutor`` whose interpreter lives in a sandboxed child process."""
 
-    def __init__(
-        self,
-        *,
-        pool: SandboxPool,
-        zygote: _Zygote,
-        pid: int,
-        sock: socket.socket,
-        pidfd: int,
-        workdir: str,
-        execution_id: str,
-    ) -> None:
+    def __init__(self, *, pool: SandboxPool, handle: _ChildHandle, execution_id: str) -> None:
         self.pool = pool
         self.limits = pool.limits
-        self.pid = pid
-        self.pgid = pid  # the child calls setsid()
         self.execution_id = execution_id
-        self.workdir = workdir
         #: smolagents' CodeAgent reads ``state["_print_outputs"]`` when a call raises.
         self.state: dict[str, Any] = {"_print_outputs": ""}
         self.tool_calls = 0
         self.terminal_error: SandboxError | None = None
-        self._handle = _ChildHandle(pool, zygote, pid, sock, pidfd, workdir)
-        self._sock = sock
+        self._handle = handle
+        self._sock: socket.socket | None = None  # the child's channel, once handed over
+        self._queued: list[bytes] = []  # frames sent before that
         self._tools: dict[str, Any] = {}
         self._call_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._kill_reason: str | None = None
         self._ready: dict[str, Any] | None = None
         self._max_in = self.limits.max_child_frame_bytes
-        self._finalizer = weakref.finalize(self, self._handle.close, False)
+        self._finalizer = weakref.finalize(self, handle.close, False)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid (also its process group), once handed over."""
+        return self._handle.pid
+
+    @property
+    def workdir(self) -> str:
+        return self._handle.workdir
 
     # -- PythonExecutor API -----------------------------------------------------------------
     def send_tools(self, tools: dict[str, Tool]) -> None:
@@ -768,6 +819,13 @@ class SandboxExecutor(PythonExecutor):
                 self.terminal_error = SandboxKilled(reason)
         self._handle.kill()
 
+    def wait_child(self) -> None:
+        """Wait until the zygote has handed the child over (the first use waits anyway).
+        Raises ``SandboxCrashed`` when it cannot."""
+        with self._call_lock:
+            self._check_usable()
+            self._take_child()
+
     def close(self, wait: bool = True) -> None:
         """End the child: the zygote kills what is left of it, reaps it and removes its temp
         dir.
@@ -800,6 +858,7 @@ class SandboxExecutor(PythonExecutor):
         """The isolation layers the child reports once set up (waits for it)."""
         with self._call_lock:
             self._check_usable()
+            self._take_child()
             deadline = self._default_deadline()
             while self._ready is None:
                 self._handle_frame(self._recv(deadline), deadline)
@@ -837,9 +896,26 @@ class SandboxExecutor(PythonExecutor):
         self._handle.kill()
         return type(err)(err.reason)
 
+    def _take_child(self) -> None:
+        """Under ``_call_lock``: take the child from the zygote's reply (once), then send it
+        what was queued for it."""
+        if self._sock is not None:
+            return
+        try:
+            self._handle.take()
+        except SandboxCrashed as e:
+            raise self._fail(e) from None
+        self._sock = self._handle.sock
+        assert self.pid is not None
+        self.pool._live[self.pid] = self
+        queued, self._queued = self._queued, []
+        for data in queued:
+            self._send_encoded(data, self._default_deadline())
+
     def _run(self, request: dict[str, Any]) -> CodeOutput:
         with self._call_lock:
             self._check_usable()
+            self._take_child()
             deadline = self._default_deadline()
             try:
                 self._send(request, deadline)
@@ -884,14 +960,23 @@ class SandboxExecutor(PythonExecutor):
 
     def _send(self, msg: dict[str, Any], deadline: float) -> None:
         self._check_usable()
+        data = proto.encode_frame(msg)
+        if self._sock is None:  # not handed over yet: it gets this first thing
+            self._queued.append(data)
+            return
+        self._send_encoded(data, deadline)
+
+    def _send_encoded(self, data: bytes, deadline: float) -> None:
+        assert self._sock is not None
         try:
-            proto.send_frame(self._sock, msg, deadline=deadline)
+            proto.send_encoded(self._sock, data, deadline=deadline)
         except TimeoutError:
             raise self._fail(self._timeout_error()) from None
         except OSError:
             raise self._death_error() from None
 
     def _recv(self, deadline: float) -> dict[str, Any]:
+        assert self._sock is not None
         try:
             return proto.recv_frame(self._sock, max_frame=self._max_in, deadline=deadline)
         except TimeoutError:
@@ -909,6 +994,7 @@ class SandboxExecutor(PythonExecutor):
             return self._fail(SandboxKilled(self._kill_reason))
         if self.terminal_error is not None:
             return self._fail(self.terminal_error)
+        assert self.pid is not None  # the channel exists only once the child does
         status = self.pool._wait_exit(self._handle.zygote, self.pid, timeout=2.0)
         reason = _describe_exit(status, self.limits)
         if status is None and not self._handle.zygote.alive:

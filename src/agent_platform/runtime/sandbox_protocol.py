@@ -120,7 +120,11 @@ def send_frame(
     default: Callable[[Any], Any] | None = None,
 ) -> None:
     """Send one frame; ``deadline`` is a ``time.monotonic()`` value (``TimeoutError`` after)."""
-    data = encode_frame(obj, max_frame=max_frame, default=default)
+    send_encoded(sock, encode_frame(obj, max_frame=max_frame, default=default), deadline=deadline)
+
+
+def send_encoded(sock: socket.socket, data: bytes, *, deadline: float | None = None) -> None:
+    """Send frames made by ``encode_frame``; ``deadline`` as for ``send_frame``."""
     if deadline is None:
         sock.settimeout(None)
         sock.sendall(data)
