@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from agent_platform.app import create_app
 from tests.conftest import make_settings
@@ -23,12 +26,12 @@ CANARY = f"canary-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
-async def sandboxed(
+async def sandboxed_app(
     llm: FakeLLMServer,
     tmp_path: Any,
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[FastAPI]:
     monkeypatch.setenv("AP_TEST_CANARY_SECRET", CANARY)  # in the worker's environment
     limits = {"max_execution_time": 3, "sandbox_cpu_seconds": 30}
     limits.update(getattr(request, "param", {}))
@@ -40,9 +43,14 @@ async def sandboxed(
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
+        yield app
+
+
+@pytest.fixture
+async def sandboxed(sandboxed_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=sandboxed_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
 
 
 def kw() -> str:
@@ -89,7 +97,7 @@ async def test_runaway_code_is_killed_at_the_deadline(
 
 
 @pytest.mark.parametrize(
-    "sandboxed", [{"max_execution_time": 30, "sandbox_cpu_seconds": 1}], indirect=True
+    "sandboxed_app", [{"max_execution_time": 30, "sandbox_cpu_seconds": 1}], indirect=True
 )
 async def test_cpu_limit_kills_only_that_execution(
     sandboxed: httpx.AsyncClient, llm: FakeLLMServer
@@ -108,6 +116,29 @@ async def test_cpu_limit_kills_only_that_execution(
     assert "Traceback" not in crash.text
     assert fine.json()["status"] == "completed" and fine.json()["result"] == "fine"
     assert llm.calls(k) == 1  # the dead sandbox was not asked for more steps
+
+
+async def test_the_first_model_call_does_not_wait_for_the_sandbox(
+    sandboxed: httpx.AsyncClient, sandboxed_app: FastAPI, llm: FakeLLMServer
+) -> None:
+    """The execution asks for its sandbox and goes on to the model: the child is handed over
+    while the model answers, and taken when the code runs."""
+    zygote = sandboxed_app.state.platform.sandbox.zygote_pid
+    k = kw()
+    llm.script(k, [code("print(6 * 7)"), final("'forty-two'")])
+    os.kill(zygote, signal.SIGSTOP)  # no child can be handed over until it goes on
+    try:
+        running = asyncio.create_task(sandboxed.post(EXECUTE, json={"task": k, "tools": []}))
+        deadline = time.monotonic() + 10
+        while llm.calls(k) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert llm.calls(k) == 1  # asked while no sandbox was there yet
+        assert not running.done()
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    body = (await running).json()
+    assert body["status"] == "completed" and body["result"] == "forty-two", body
+    assert "Execution logs:\n42\n" in body["steps"][0]["observation"]
 
 
 async def test_health_reports_the_isolation_level(sandboxed: httpx.AsyncClient) -> None:
