@@ -9,10 +9,13 @@ from datetime import timedelta
 
 from sqlalchemy import text
 
-from agent_platform.queue import jobs
+from agent_platform.domain import utcnow
+from agent_platform.queue import jobs, pg_writes
 from agent_platform.store import repos
 from agent_platform.store.db import Database
 from tests.integration.test_queue import TENANT, new_execution, step
+
+GENERIC_PLAN_OF = "SET plan_cache_mode = force_generic_plan"
 
 
 async def test_a_burst_waits_for_the_pool_instead_of_opening_connections(pg_database: str) -> None:
@@ -98,3 +101,78 @@ async def test_a_write_cancelled_at_any_moment_leaves_the_next_one_committed(
     finally:
         await db.dispose()
         await reader.dispose()
+
+
+async def test_the_workers_writes_find_their_execution_by_primary_key(pg_database: str) -> None:
+    """A step write and an end are fenced on `status = 'running'`. With statistics taken while
+    few executions ran, PostgreSQL preferred the reaper's small index of running rows to the
+    primary key, and each write scanned every running execution (and ever more of them as
+    more ran). The reaper keeps its index."""
+    db = Database(pg_database, pool_size=1)
+    try:
+        async with db.begin() as conn:  # a history of finished executions
+            await conn.exec_driver_sql(
+                "INSERT INTO executions (id, tenant_id, status, task, model, max_steps, "
+                "request_metadata, timeout_s, max_attempts, created_at, updated_at) "
+                "SELECT md5(i::text)::uuid, 'tenant-' || i % 10, 'completed', 't', 'm', 3, "
+                "'{}', 60, 2, now(), now() FROM generate_series(1, 20000) i"
+            )
+        async with db.connect() as conn:  # as autovacuum does, while none runs
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.exec_driver_sql("VACUUM ANALYZE executions")
+            await autocommit.exec_driver_sql("VACUUM ANALYZE steps")
+        async with db.begin() as conn:
+            for _ in range(5):
+                await repos.insert_execution(conn, new_execution())
+            await jobs.claim(
+                conn, worker_id="w", limit=5, lease_s=30, now=utcnow(), is_postgres=True
+            )
+        async with db.connect() as conn:
+            await conn.exec_driver_sql(GENERIC_PLAN_OF)  # what a prepared statement settles on
+            plans = {}
+            for name, sql, params in (
+                ("write_step", pg_writes.RECORD_STEP, 20),
+                ("finish", pg_writes.FINISH, 27),
+            ):
+                await conn.exec_driver_sql(f"PREPARE {name} AS {sql}")
+                nulls = ", ".join(["NULL"] * params)
+                result = await conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({nulls})")
+                plans[name] = "\n".join(row[0] for row in result)
+            reaper = await conn.exec_driver_sql(
+                "EXPLAIN SELECT id FROM executions WHERE status = 'running' AND lease_until < now()"
+            )
+            plans["reaper"] = "\n".join(row[0] for row in reaper)
+        for name in ("write_step", "finish"):
+            assert "Index Scan using pk_executions on executions" in plans[name], plans[name]
+            assert "ix_executions_running_lease" not in plans[name], plans[name]
+        assert "ix_executions_running_lease" in plans["reaper"], plans["reaper"]
+    finally:
+        await db.dispose()
+
+
+async def test_the_claims_prepared_plan_uses_the_queue_index(pg_database: str) -> None:
+    """A prepared statement settles on a generic plan, which can use the partial index of
+    queued rows only if the claim names the status in its text. As a parameter it could
+    not: PostgreSQL then planned every claim anew (~0.7 ms), or settled on a scan."""
+    db = Database(pg_database, pool_size=1)
+    try:
+        async with db.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO executions (id, tenant_id, status, task, model, max_steps, "
+                "request_metadata, timeout_s, max_attempts, created_at, updated_at) "
+                "SELECT md5(i::text)::uuid, 'tenant-' || i % 10, 'completed', 't', 'm', 3, "
+                "'{}', 60, 2, now(), now() FROM generate_series(1, 20000) i"
+            )
+        async with db.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.exec_driver_sql("VACUUM ANALYZE executions")
+            claim = jobs._CLAIM[True].compile(dialect=conn.dialect)
+            await conn.exec_driver_sql(GENERIC_PLAN_OF)
+            await conn.exec_driver_sql(f"PREPARE claim AS {claim}")
+            nulls = ", ".join(["NULL"] * len(claim.positiontup or ()))
+            plan = "\n".join(
+                row[0] for row in await conn.exec_driver_sql(f"EXPLAIN EXECUTE claim({nulls})")
+            )
+        assert "ix_executions_queued" in plan, plan
+    finally:
+        await db.dispose()

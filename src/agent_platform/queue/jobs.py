@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -63,10 +63,16 @@ def _session_turn() -> ColumnElement[bool]:
     return or_(executions.c.session_id.is_(None), ~blocked)
 
 
+# The queue's status as SQL text, not a parameter: a prepared statement's generic plan can
+# then use the partial index of queued rows. With a parameter it could not, and PostgreSQL
+# planned the claim anew at every execution (~0.7 ms) rather than take a plan that scans.
+_IS_QUEUED = executions.c.status == literal_column(f"'{QUEUED}'")
+
+
 def _claim_statement(skip_locked: bool):  # type: ignore[no-untyped-def]
     picked = (
         select(executions.c.id)
-        .where(executions.c.status == QUEUED, _session_turn())
+        .where(_IS_QUEUED, _session_turn())
         .order_by(executions.c.created_at)
         .limit(bindparam("limit"))
     )

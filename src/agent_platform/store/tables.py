@@ -72,7 +72,10 @@ executions = Table(
     # Newest-first listing per tenant, optionally by status: keyset-friendly.
     Index("ix_executions_tenant_created", "tenant_id", "created_at", "id"),
     Index("ix_executions_tenant_status_created", "tenant_id", "status", "created_at"),
-    # The queue: only queued rows, oldest first; only running rows for the reaper.
+    # The queue: only queued rows, oldest first; only running rows for the reaper. The
+    # reaper compares `lease_until` (which implies it is not null); the worker's writes,
+    # fenced on `status = 'running'` and looking a row up by id, do not, so they cannot take
+    # this small index for a better path than the primary key and scan every running row.
     Index(
         "ix_executions_queued",
         "created_at",
@@ -82,8 +85,8 @@ executions = Table(
     Index(
         "ix_executions_running_lease",
         "lease_until",
-        postgresql_where=text("status = 'running'"),
-        sqlite_where=text("status = 'running'"),
+        postgresql_where=text("status = 'running' AND lease_until IS NOT NULL"),
+        sqlite_where=text("status = 'running' AND lease_until IS NOT NULL"),
     ),
 )
 
