@@ -31,6 +31,7 @@ class Plan:
     embedded_n: dict[int, int]
     pss_c: int
     pss_latency_ms: int
+    history_rows: int  # executions already in the server-mode database (see Bench.server)
     rows: int
     read_rate: float
     read_duration_s: float
@@ -55,6 +56,7 @@ FULL = Plan(
     embedded_n={1: 200, 8: 600, 16: 480},
     pss_c=16,
     pss_latency_ms=3000,
+    history_rows=20_000,
     rows=1_000_000,
     read_rate=500,
     read_duration_s=10,
@@ -79,6 +81,7 @@ QUICK = Plan(
     embedded_n={1: 10, 4: 20},
     pss_c=0,
     pss_latency_ms=0,
+    history_rows=1000,
     rows=2000,
     read_rate=100,
     read_duration_s=2,

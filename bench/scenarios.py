@@ -252,6 +252,13 @@ class Bench:
         t = self.topology
         if not self.migrated:
             migrate(self.database.url, self.run_dir)
+            # A deployment's database holds history, and autovacuum keeps its statistics.
+            # A new, empty one would have neither: PostgreSQL would plan each prepared
+            # statement for nearly empty tables and keep that plan (a scan of all of a
+            # tenant's or all running executions for every lookup by id) while they grow.
+            self.results["history"] = asyncio.run(
+                datascale.bulk_load(self.database.dsn, self.plan.history_rows)
+            )
             self.migrated = True
         platform = start_server_mode(
             self.procs,
