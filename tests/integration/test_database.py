@@ -1,5 +1,5 @@
-"""The PostgreSQL connection pool and reads that must survive a migration on live
-connections."""
+"""The PostgreSQL connection pool, reads that must survive a migration on live connections,
+and the plans the hot statements settle on."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import contextlib
 from datetime import timedelta
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import utcnow
 from agent_platform.queue import jobs, pg_writes
 from agent_platform.store import repos
 from agent_platform.store.db import Database
 from tests.integration.test_queue import TENANT, new_execution, step
-
-GENERIC_PLAN_OF = "SET plan_cache_mode = force_generic_plan"
 
 
 async def test_a_burst_waits_for_the_pool_instead_of_opening_connections(pg_database: str) -> None:
@@ -103,6 +102,32 @@ async def test_a_write_cancelled_at_any_moment_leaves_the_next_one_committed(
         await reader.dispose()
 
 
+async def load_finished_history(db: Database, rows: int = 20_000) -> None:
+    """A deployment's history of finished executions, vacuumed and analyzed as autovacuum
+    does (while none is queued or running)."""
+    async with db.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO executions (id, tenant_id, status, task, model, max_steps, "
+            "request_metadata, timeout_s, max_attempts, created_at, updated_at) "
+            "SELECT md5(i::text)::uuid, 'tenant-' || i % 10, 'completed', 't', 'm', 3, "
+            f"'{{}}', 60, 2, now(), now() FROM generate_series(1, {rows}) i"
+        )
+    async with db.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.exec_driver_sql("VACUUM ANALYZE executions")
+        await autocommit.exec_driver_sql("VACUUM ANALYZE steps")
+
+
+async def generic_plan(conn: AsyncConnection, name: str, sql: str, params: int) -> str:
+    """The plan a prepared statement settles on after its first executions (its generic
+    plan, which does not depend on the parameters' values)."""
+    await conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+    await conn.exec_driver_sql(f"PREPARE {name} AS {sql}")
+    nulls = ", ".join(["NULL"] * params)
+    result = await conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({nulls})")
+    return "\n".join(row[0] for row in result)
+
+
 async def test_the_workers_writes_find_their_execution_by_primary_key(pg_database: str) -> None:
     """A step write and an end are fenced on `status = 'running'`. With statistics taken while
     few executions ran, PostgreSQL preferred the reaper's small index of running rows to the
@@ -110,17 +135,7 @@ async def test_the_workers_writes_find_their_execution_by_primary_key(pg_databas
     more ran). The reaper keeps its index."""
     db = Database(pg_database, pool_size=1)
     try:
-        async with db.begin() as conn:  # a history of finished executions
-            await conn.exec_driver_sql(
-                "INSERT INTO executions (id, tenant_id, status, task, model, max_steps, "
-                "request_metadata, timeout_s, max_attempts, created_at, updated_at) "
-                "SELECT md5(i::text)::uuid, 'tenant-' || i % 10, 'completed', 't', 'm', 3, "
-                "'{}', 60, 2, now(), now() FROM generate_series(1, 20000) i"
-            )
-        async with db.connect() as conn:  # as autovacuum does, while none runs
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await autocommit.exec_driver_sql("VACUUM ANALYZE executions")
-            await autocommit.exec_driver_sql("VACUUM ANALYZE steps")
+        await load_finished_history(db)
         async with db.begin() as conn:
             for _ in range(5):
                 await repos.insert_execution(conn, new_execution())
@@ -128,16 +143,10 @@ async def test_the_workers_writes_find_their_execution_by_primary_key(pg_databas
                 conn, worker_id="w", limit=5, lease_s=30, now=utcnow(), is_postgres=True
             )
         async with db.connect() as conn:
-            await conn.exec_driver_sql(GENERIC_PLAN_OF)  # what a prepared statement settles on
-            plans = {}
-            for name, sql, params in (
-                ("write_step", pg_writes.RECORD_STEP, 20),
-                ("finish", pg_writes.FINISH, 27),
-            ):
-                await conn.exec_driver_sql(f"PREPARE {name} AS {sql}")
-                nulls = ", ".join(["NULL"] * params)
-                result = await conn.exec_driver_sql(f"EXPLAIN EXECUTE {name}({nulls})")
-                plans[name] = "\n".join(row[0] for row in result)
+            plans = {
+                "write_step": await generic_plan(conn, "write_step", pg_writes.RECORD_STEP, 20),
+                "finish": await generic_plan(conn, "finish", pg_writes.FINISH, 27),
+            }
             reaper = await conn.exec_driver_sql(
                 "EXPLAIN SELECT id FROM executions WHERE status = 'running' AND lease_until < now()"
             )
@@ -156,23 +165,11 @@ async def test_the_claims_prepared_plan_uses_the_queue_index(pg_database: str) -
     not: PostgreSQL then planned every claim anew (~0.7 ms), or settled on a scan."""
     db = Database(pg_database, pool_size=1)
     try:
-        async with db.begin() as conn:
-            await conn.exec_driver_sql(
-                "INSERT INTO executions (id, tenant_id, status, task, model, max_steps, "
-                "request_metadata, timeout_s, max_attempts, created_at, updated_at) "
-                "SELECT md5(i::text)::uuid, 'tenant-' || i % 10, 'completed', 't', 'm', 3, "
-                "'{}', 60, 2, now(), now() FROM generate_series(1, 20000) i"
-            )
+        await load_finished_history(db)
         async with db.connect() as conn:
-            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await autocommit.exec_driver_sql("VACUUM ANALYZE executions")
             claim = jobs._CLAIM[True].compile(dialect=conn.dialect)
-            await conn.exec_driver_sql(GENERIC_PLAN_OF)
-            await conn.exec_driver_sql(f"PREPARE claim AS {claim}")
-            nulls = ", ".join(["NULL"] * len(claim.positiontup or ()))
-            plan = "\n".join(
-                row[0] for row in await conn.exec_driver_sql(f"EXPLAIN EXECUTE claim({nulls})")
-            )
+            params = len(claim.positiontup or ())
+            plan = await generic_plan(conn, "claim", str(claim), params)
         assert "ix_executions_queued" in plan, plan
     finally:
         await db.dispose()
