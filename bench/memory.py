@@ -255,9 +255,11 @@ class RssSampler:
             groups, pg_groups = dict(self._groups), dict(self._pg_groups)
         if not groups:
             return {}
+        # without per-thread children lists, one pass over /proc serves every group
+        parents = None if CHILDREN_FILES else _parents()
         now: dict[str, float] = {}
         for name, (pids, deep) in groups.items():
-            members = tree(pids()) if deep else pids()
+            members = tree(pids(), parents) if deep else pids()
             now[name] = sum(rss_kb(p) for p in members) / 1024
         self._count += 1
         if pg_groups and self._count % PG_EVERY == 1:
