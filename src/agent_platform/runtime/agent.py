@@ -79,6 +79,12 @@ class StopSignal:
                 return
         hook(self.reason)
 
+    def discard(self, hook: Callable[[StopReason], None]) -> None:
+        """Drop a hook whose work is over (a hook keeps what it refers to alive)."""
+        with self._lock:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+
     def set(self, reason: StopReason) -> None:
         with self._lock:
             if self.reason is not None:
@@ -219,7 +225,11 @@ class AgentRunner:
         )
         recorder.agent = agent
         model.on_answer = recorder.model_answered
-        stop.on_set(lambda reason: _kill_code(agent, reason))
+
+        def kill_code(reason: StopReason) -> None:
+            _kill_code(agent, reason)
+
+        stop.on_set(kill_code)
         try:
             if history:
                 self._restore(agent, broker, recorder, history, job.execution_id)
@@ -240,6 +250,8 @@ class AgentRunner:
             return _outcome_for_error(exc, stop)
         finally:
             _close(agent.python_executor)
+            stop.discard(kill_code)
+            _unlink(agent, recorder, model)
         stop_reason = StopReason.MAX_STEPS if recorder.hit_max_steps else StopReason.FINAL_ANSWER
         return RunOutcome(
             status=ExecutionStatus.COMPLETED,
@@ -270,6 +282,25 @@ class AgentRunner:
                     "\n\nNote: this execution moved to another worker and the Python variables "
                     "of the earlier steps could not be restored. Recompute what you need."
                 )
+
+
+def _unlink(agent: PlatformCodeAgent, recorder: _StepRecorder, model: PlatformModel) -> None:
+    """Break the run's reference cycles, so it is freed as soon as it ends rather than at the
+    collector's next full pass (which stops the whole worker while it walks the heap): the
+    agent, its model and the recorder refer to each other, and a step's error holds, through
+    its traceback, the frames that hold the agent."""
+    recorder.agent = None
+    model.on_answer = None
+    errors = [model.last_error, *(getattr(step, "error", None) for step in agent.memory.steps)]
+    model.last_error = None
+    seen: set[int] = set()
+    while errors:
+        error = errors.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        error.__traceback__ = None
+        errors += (error.__cause__, error.__context__)
 
 
 def _session_memory(turns: tuple[Turn, ...]) -> list[Any]:

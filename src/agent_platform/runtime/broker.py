@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from functools import cache
 from typing import Any
 
 from smolagents.tools import Tool
@@ -83,7 +84,7 @@ class ToolBroker:
 
     def proxies(self) -> list[Tool]:
         """smolagents tools with the same names, descriptions and inputs, brokered here."""
-        return [_proxy(self, self.registry.get(name)) for name in self.enabled]
+        return [_proxy_class(self.registry.get(name))(self) for name in self.enabled]
 
 
 def _recordable(value: Any) -> Any:
@@ -99,7 +100,12 @@ def _recordable(value: Any) -> Any:
     return repr(value)
 
 
-def _proxy(broker: ToolBroker, spec: Any) -> Tool:
+@cache
+def _proxy_class(spec: Any) -> type[Tool]:
+    """One smolagents `Tool` class per platform tool, made once: a class is a reference cycle
+    that only the garbage collector frees, so one per execution would pile up between its
+    full collections (and cost a class creation each time)."""
+
     class BrokeredTool(Tool):
         name = spec.name
         description = spec.description
@@ -107,7 +113,11 @@ def _proxy(broker: ToolBroker, spec: Any) -> Tool:
         output_type = spec.output_type
         skip_forward_signature_validation = True
 
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
-            return broker.call(spec.name, args, kwargs)
+        def __init__(self, broker: ToolBroker) -> None:
+            super().__init__()
+            self.broker = broker
 
-    return BrokeredTool()
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.broker.call(self.name, args, kwargs)
+
+    return BrokeredTool
