@@ -5,8 +5,9 @@
 Used by `bench/run.py --gc-trace`. A full (generation 2) collection walks every tracked object
 of the process, and the platform's processes import smolagents, both provider SDKs,
 SQLAlchemy and FastAPI, so such a pause stops every request the process is serving. Each
-collection longer than `GC_TRACE_MS` (default 20 ms) is written to stderr as one JSON line;
-the callback costs nothing measurable between collections.
+collection longer than `GC_TRACE_MS` (default 20 ms) is written to stderr as one JSON line,
+with the number of dead objects it found (objects in reference cycles, which reference
+counting could not free); the callback costs nothing measurable between collections.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ def install(threshold_ms: float) -> None:
             return
         ms = (now - started.pop(generation, now)) * 1000
         if ms >= threshold_ms:
-            line = {"gc_pause_ms": round(ms, 1), "generation": generation, "at": time.time()}
+            line = {
+                "gc_pause_ms": round(ms, 1),
+                "generation": generation,
+                "collected": info["collected"],  # dead objects only the collector could free
+                "at": time.time(),
+            }
             sys.stderr.write(json.dumps(line) + "\n")
             sys.stderr.flush()
 
