@@ -15,17 +15,18 @@ from collections import Counter
 
 import httpx
 
+from agent_platform.queue.worker import Worker
 from tests.fakes.llm_server import FakeLLMServer, Text, code, final
 
 EXECUTE = "/api/v1/agent/execute"
 OURS = ("agent_platform", "smolagents")  # an execution's objects come from these packages
 
 
-async def _idle(worker: object) -> None:
+async def _idle(worker: Worker) -> None:
     deadline = time.monotonic() + 10
-    while worker.active and time.monotonic() < deadline:  # type: ignore[attr-defined]
+    while worker.active and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert not worker.active, "the worker did not finish its executions"  # type: ignore[attr-defined]
+    assert not worker.active, "the worker did not finish its executions"
 
 
 async def test_a_finished_execution_leaves_no_reference_cycles(
