@@ -32,24 +32,29 @@ async def _idle(worker: Worker) -> None:
 async def test_a_finished_execution_leaves_no_reference_cycles(
     client: httpx.AsyncClient, llm: FakeLLMServer
 ) -> None:
-    """Answered, answered after an error and a tool call, and failed at the provider."""
+    """Answered; answered after an error and a tool call; refused by the provider; and a
+    session's second turn (whose memory starts with the first)."""
     worker = client.app.state.platform.worker  # type: ignore[attr-defined]
     llm.script("cycles-tool", [code("1 / 0"), code("print(tenant_info())"), final("'done'")])
     llm.script("cycles-refused", [Text("unused", fail_first=[400])])
-    runs = {
-        "What is 2 + 2?": ("completed", "4"),
-        "cycles-tool": ("completed", "done"),
-        "cycles-refused": ("failed", None),
-    }
-    first = await client.post(EXECUTE, json={"task": "What is 2 + 2?"})  # caches, connections
-    assert first.json()["status"] == "completed"
+    llm.script("cycles-session", [final("'one'"), final("'two'")])
+    session = (await client.post("/api/v1/sessions", json={"title": "cycles"})).json()
+    turn = {"task": "cycles-session: first", "session_id": session["session_id"]}
+    first = await client.post(EXECUTE, json=turn)  # also warms caches and connections
+    assert first.json()["result"] == "one", first.json()
+    runs = [
+        ({"task": "What is 2 + 2?"}, "completed", "4"),
+        ({"task": "cycles-tool"}, "completed", "done"),
+        ({"task": "cycles-refused"}, "failed", None),
+        ({"task": "and again", "session_id": session["session_id"]}, "completed", "two"),
+    ]
     await _idle(worker)
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # keep what the collector finds, to name it
     try:
-        for task, (status, result) in runs.items():
-            body = (await client.post(EXECUTE, json={"task": task})).json()
+        for request, status, result in runs:
+            body = (await client.post(EXECUTE, json=request)).json()
             assert (body["status"], body["result"]) == (status, result), body
         await _idle(worker)
         gc.collect()
