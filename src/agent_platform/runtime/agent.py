@@ -296,7 +296,7 @@ def _unlink(agent: PlatformCodeAgent, recorder: _StepRecorder, model: PlatformMo
     seen: set[int] = set()
     while errors:
         error = errors.pop()
-        if error is None or id(error) in seen:
+        if not isinstance(error, BaseException) or id(error) in seen:
             continue
         seen.add(id(error))
         error.__traceback__ = None
