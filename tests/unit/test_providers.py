@@ -257,3 +257,7 @@ def test_each_thread_calls_through_its_own_clients(llm: FakeLLMServer) -> None:
 
     providers.close()
     assert all(client.is_closed() for client in (a_claude, b_claude, a_openai, b_openai))
+    kw = uuid.uuid4().hex
+    llm.script(kw, [Text("after close")])
+    model = providers.build("gpt-fake-1", threading.Event())
+    assert model.generate(conversation(kw)).content == "after close"  # a new copy

@@ -424,10 +424,12 @@ class Providers:
             return self._tls
 
     def close(self) -> None:
-        """Close every client and its connections (a thread still calling gets an error)."""
+        """Close every client and its connections (a thread still calling gets an error;
+        a later call makes new copies)."""
         with self._lock:
             clients = [*self._copies, self._anthropic, self._openai]
             self._copies = []
+            self._per_thread = threading.local()
         for client in clients:
             if client is not None:
                 client.close()
