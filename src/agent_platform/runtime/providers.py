@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import httpx2
@@ -319,6 +319,9 @@ class OpenAICompatibleModel(PlatformModel):
         )
 
 
+_Client = TypeVar("_Client", anthropic.Anthropic, openai.OpenAI)
+
+
 class Providers:
     """Knows which providers are configured and builds a model per execution.
 
@@ -381,40 +384,29 @@ class Providers:
         if provider == ANTHROPIC:
             return AnthropicModel(
                 model_id,
-                client=self._anthropic_client(),
+                client=self._for_this_thread(
+                    ANTHROPIC, self._anthropic, anthropic.DefaultHttpxClient
+                ),
                 max_tokens=self.settings.model_max_tokens,
                 thinking_effort=self.settings.anthropic_thinking_effort,
                 retry=self.retry,
                 stop=stop,
             )
-        return OpenAICompatibleModel(
-            model_id, client=self._openai_client(), retry=self.retry, stop=stop
-        )
+        client = self._for_this_thread(OPENAI, self._openai, openai.DefaultHttpxClient)
+        return OpenAICompatibleModel(model_id, client=client, retry=self.retry, stop=stop)
 
-    def _anthropic_client(self) -> anthropic.Anthropic:
-        client: anthropic.Anthropic | None = getattr(self._per_thread, ANTHROPIC, None)
+    def _for_this_thread(
+        self, provider: str, shared: _Client | None, http_client: Callable[..., Any]
+    ) -> _Client:
+        """This thread's copy of a configured client, made on its first call."""
+        client: _Client | None = getattr(self._per_thread, provider, None)
         if client is None:
-            assert self._anthropic is not None
-            client = self._anthropic.copy(
-                http_client=anthropic.DefaultHttpxClient(verify=self._tls_context())
-            )
-            self._keep(ANTHROPIC, client)
+            assert shared is not None
+            client = shared.copy(http_client=http_client(verify=self._tls_context()))
+            setattr(self._per_thread, provider, client)
+            with self._lock:
+                self._copies.append(client)
         return client
-
-    def _openai_client(self) -> openai.OpenAI:
-        client: openai.OpenAI | None = getattr(self._per_thread, OPENAI, None)
-        if client is None:
-            assert self._openai is not None
-            client = self._openai.copy(
-                http_client=openai.DefaultHttpxClient(verify=self._tls_context())
-            )
-            self._keep(OPENAI, client)
-        return client
-
-    def _keep(self, provider: str, client: anthropic.Anthropic | openai.OpenAI) -> None:
-        setattr(self._per_thread, provider, client)
-        with self._lock:
-            self._copies.append(client)
 
     def _tls_context(self) -> ssl.SSLContext:
         """The TLS settings the SDKs' own HTTP clients use (system CAs, SSL_CERT_FILE/DIR)."""
