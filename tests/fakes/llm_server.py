@@ -49,6 +49,7 @@ import json
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -522,14 +523,16 @@ class FakeLLMServer:
         latency_ms: float = 0,
         *,
         strict_alternation: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """Every LLM call takes ``latency_ms`` from its request to its answer (reading,
         matching and encoding included, as a real provider's latency is);
         ``strict_alternation`` rejects non-alternating Anthropic messages with 400 (the live API
         now merges them; we keep the stricter check so our client is held to the documented
-        contract)."""
+        contract); ``tls`` serves HTTPS with that server context."""
         self.latency_ms = latency_ms
         self.strict_alternation = strict_alternation
+        self.tls = tls
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -565,7 +568,7 @@ class FakeLLMServer:
         try:
             self._stopped = loop.create_future()
             server = loop.run_until_complete(
-                loop.create_server(lambda: _Connection(self), sock=sock, backlog=256)
+                loop.create_server(lambda: _Connection(self), sock=sock, backlog=256, ssl=self.tls)
             )
             ready.set()
             loop.run_until_complete(self._stopped)
@@ -606,8 +609,8 @@ class FakeLLMServer:
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT`` — the anthropic SDK's base_url."""
-        return f"http://{self._host}:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https`` with ``tls``) — the anthropic SDK's base_url."""
+        return f"{'https' if self.tls else 'http'}://{self._host}:{self.port}"
 
     @property
     def openai_base_url(self) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import anthropic
 import openai
@@ -261,3 +264,38 @@ def test_each_thread_calls_through_its_own_clients(llm: FakeLLMServer) -> None:
     llm.script(kw, [Text("after close")])
     model = providers.build("gpt-fake-1", threading.Event())
     assert model.generate(conversation(kw)).content == "after close"  # a new copy
+
+
+def test_a_provider_behind_tls_with_a_private_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The threads' copies verify TLS as the SDKs' own clients do: with the CA an operator
+    names in SSL_CERT_FILE, and not without it."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    with FakeLLMServer(tls=server_tls) as tls_llm:
+        assert tls_llm.base_url.startswith("https://")
+        kw = uuid.uuid4().hex
+        tls_llm.script(kw, [Text("over tls")])
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        untrusted = Providers(settings(tls_llm, max_retries=0))
+        with pytest.raises(ProviderError) as caught:
+            untrusted.build("claude-sonnet-5-5", threading.Event()).generate(conversation(kw))
+        assert caught.value.retryable  # a connection error, not an answer
+        assert not tls_llm.requests  # the handshake failed: no request reached the provider
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = Providers(settings(tls_llm, max_retries=0))
+        model = trusted.build("claude-sonnet-5-5", threading.Event())
+        assert model.generate(conversation(kw)).content == "over tls"
