@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import redis
 from asgi_lifespan import LifespanManager
 
 from agent_platform.app import create_app
@@ -66,8 +67,17 @@ def pg_database(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_namespace() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+def redis_namespace() -> Iterator[str]:
+    """A fresh key prefix; what the test left under it (event streams, taken keys) goes."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    yield namespace
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(f"{namespace}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def make_settings(llm: FakeLLMServer, **overrides: Any) -> Settings:
