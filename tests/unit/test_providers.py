@@ -222,44 +222,49 @@ def test_deprecated_model_is_announced_at_startup(llm: FakeLLMServer) -> None:
     assert any("claude-sonnet-4-5" in n and "2026" in n for n in notes)
 
 
-def test_each_thread_calls_through_its_own_clients(llm: FakeLLMServer) -> None:
-    """One connection pool shared by every agent thread serializes them on its lock; each
-    thread gets copies of the configured clients instead, closed with the providers."""
+def test_each_call_in_flight_has_its_own_client_copy(llm: FakeLLMServer) -> None:
+    """One client shared by every agent thread serializes them on its connection pool's
+    lock: each call in flight borrows a copy of the configured client instead, the most
+    recently used first (its connection is the one still warm)."""
     providers = Providers(settings(llm, provider_timeout_s=42))
-    built: dict[str, list[object]] = {}
-    answered: list[bool] = []
-
-    def agent_thread(name: str) -> None:
-        for model_name in ("claude-sonnet-5-5", "gpt-fake-1", "claude-sonnet-5-5"):
-            kw = uuid.uuid4().hex
-            llm.script(kw, [Text(f"answer {kw}")])
-            model = providers.build(model_name, threading.Event())
-            built.setdefault(name, []).append(model.client)  # type: ignore[attr-defined]
-            answered.append(model.generate(conversation(kw)).content == f"answer {kw}")
-
-    threads = [threading.Thread(target=agent_thread, args=(n,)) for n in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    a_claude, a_openai, a_claude_again = built["a"]
-    b_claude, b_openai, _ = built["b"]
-    assert a_claude is a_claude_again  # a thread keeps its clients (and their connections)
-    assert a_claude is not b_claude and a_openai is not b_openai
-    assert answered == [True] * 6
-    for client in (a_claude, b_claude):  # the configured client's settings, copied
+    pools = (providers._anthropic_pool, providers._openai_pool)
+    assert pools[0] is not None and pools[1] is not None
+    lent: list[object] = []
+    for pool in pools:
+        with pool.lend() as first:
+            with pool.lend() as second:
+                assert first is not second  # two calls in flight, two connection pools
+            with pool.lend() as third:
+                assert third is second  # the warmest copy first
+        lent += [first, second]
+    for client in lent[:2]:  # the configured client's settings, copied
         assert isinstance(client, anthropic.Anthropic)
         assert client.api_key == "test" and str(client.base_url).startswith(llm.base_url)
         assert client.max_retries == 0 and client.timeout == 42
         assert client.open_telemetry["traces"]["enabled"] is False
-    for client in (a_openai, b_openai):
+    for client in lent[2:]:
         assert isinstance(client, openai.OpenAI)
         assert str(client.base_url).startswith(llm.openai_base_url)
         assert client.max_retries == 0 and client.timeout == 42
 
+    answered: list[bool] = []
+
+    def agent_thread() -> None:
+        for model_name in ("claude-sonnet-5-5", "gpt-fake-1", "claude-sonnet-5-5"):
+            kw = uuid.uuid4().hex
+            llm.script(kw, [Text(f"answer {kw}")])
+            model = providers.build(model_name, threading.Event())
+            answered.append(model.generate(conversation(kw)).content == f"answer {kw}")
+
+    threads = [threading.Thread(target=agent_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answered == [True] * 12
+
     providers.close()
-    assert all(client.is_closed() for client in (a_claude, b_claude, a_openai, b_openai))
+    assert all(client.is_closed() for client in lent)  # type: ignore[attr-defined]
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("after close")])
     model = providers.build("gpt-fake-1", threading.Event())

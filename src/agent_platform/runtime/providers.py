@@ -15,9 +15,10 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anthropic
 import httpx2
@@ -185,14 +186,14 @@ class AnthropicModel(PlatformModel):
         self,
         model_id: str,
         *,
-        client: anthropic.Anthropic,
+        clients: ClientPool[anthropic.Anthropic],
         max_tokens: int,
         thinking_effort: str,
         retry: RetryPolicy,
         stop: threading.Event,
     ) -> None:
         super().__init__(model_id, retry=retry, stop=stop)
-        self.client = client
+        self.clients = clients
         self.max_tokens = max_tokens
         self.thinking_effort = thinking_effort
 
@@ -219,10 +220,11 @@ class AnthropicModel(PlatformModel):
             # The raw response: the SDK still builds, sends, authenticates and raises typed
             # errors, but skips validating the reply into pydantic models (~0.2 ms per call),
             # of which we read three fields.
-            raw = self.client.messages.with_raw_response.create(
-                **request,
-                timeout=self.call_timeout_s(self.client.timeout),  # type: ignore[arg-type]
-            )
+            with self.clients.lend() as client:
+                raw = client.messages.with_raw_response.create(
+                    **request,
+                    timeout=self.call_timeout_s(client.timeout),  # type: ignore[arg-type]
+                )
             body = orjson.loads(raw.http_response.content)
             usage = body["usage"]
             text = "".join(
@@ -291,20 +293,26 @@ class OpenAICompatibleModel(PlatformModel):
     provider = OPENAI
 
     def __init__(
-        self, model_id: str, *, client: openai.OpenAI, retry: RetryPolicy, stop: threading.Event
+        self,
+        model_id: str,
+        *,
+        clients: ClientPool[openai.OpenAI],
+        retry: RetryPolicy,
+        stop: threading.Event,
     ) -> None:
         super().__init__(model_id, retry=retry, stop=stop)
-        self.client = client
+        self.clients = clients
 
     def _call(self, prepared: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
         request: dict[str, Any] = {"model": self.model_id, "messages": prepared}
         if stop:
             request["stop"] = stop[:4]
         try:
-            response = self.client.chat.completions.create(
-                **request,
-                timeout=self.call_timeout_s(self.client.timeout),  # type: ignore[arg-type]
-            )
+            with self.clients.lend() as client:
+                response = client.chat.completions.create(
+                    **request,
+                    timeout=self.call_timeout_s(client.timeout),  # type: ignore[arg-type]
+                )
         except openai.OpenAIError as exc:
             raise _translate(exc, OPENAI) from exc
         choice = response.choices[0] if response.choices else None
@@ -322,24 +330,68 @@ class OpenAICompatibleModel(PlatformModel):
 _Client = TypeVar("_Client", anthropic.Anthropic, openai.OpenAI)
 
 
+class ClientPool(Generic[_Client]):
+    """Copies of one configured SDK client, one per call in flight, the most recently used
+    lent first.
+
+    One client shared by every agent thread means one connection pool of the HTTP library:
+    one lock, and on every request and response a pass over all its connections that probes
+    each idle one with a system call; at 64 concurrent executions the threads queued on it.
+    A copy per call in flight keeps each pool to the connection its call uses, and lending
+    the warmest copy first keeps, at a low rate, the few connections in use alive (idle ones
+    expire after a few seconds) rather than spreading calls over many cold ones. The copies
+    share one TLS context: building one costs ~30 ms of CPU and ~1 MB."""
+
+    def __init__(
+        self,
+        configured: _Client,
+        http_client: Callable[..., Any],
+        tls: Callable[[], ssl.SSLContext],
+    ) -> None:
+        self.configured = configured
+        self._http_client = http_client
+        self._tls = tls
+        self._idle: list[_Client] = []
+        self._made: set[_Client] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self) -> Iterator[_Client]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = self.configured.copy(http_client=self._http_client(verify=self._tls()))
+            with self._lock:
+                self._made.add(client)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                if client in self._made:  # not closed meanwhile
+                    self._idle.append(client)
+
+    def close(self) -> None:
+        """Close every copy and its connections (a call still in flight gets an error)."""
+        with self._lock:
+            clients, self._made, self._idle = [*self._made, self.configured], set(), []
+        for client in clients:
+            client.close()
+
+
 class Providers:
     """Knows which providers are configured and builds a model per execution.
 
-    The SDK clients are configured once. Each thread that calls a provider (an agent's) uses
-    its own copy of them, with a connection pool of its own: the HTTP library's pool is one
-    lock, and every request and response through it probes each idle connection of the pool
-    with a system call, so one pool shared by 64 agent threads kept them queuing on it. The
-    copies share one TLS context (building one costs ~30 ms and ~1 MB)."""
+    The SDK clients are configured once; models call through a `ClientPool` of copies."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.retry = RetryPolicy(max_retries=settings.max_retries)
         self._anthropic: anthropic.Anthropic | None = None
         self._openai: openai.OpenAI | None = None
-        self._per_thread = threading.local()
-        self._copies: list[anthropic.Anthropic | openai.OpenAI] = []
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
+        self._anthropic_pool: ClientPool[anthropic.Anthropic] | None = None
+        self._openai_pool: ClientPool[openai.OpenAI] | None = None
         if settings.anthropic_api_key:
             self._anthropic = anthropic.Anthropic(
                 api_key=settings.anthropic_api_key.get_secret_value(),
@@ -355,6 +407,14 @@ class Providers:
                 base_url=settings.openai_base_url or None,
                 max_retries=0,
                 timeout=settings.provider_timeout_s,
+            )
+        if self._anthropic is not None:
+            self._anthropic_pool = ClientPool(
+                self._anthropic, anthropic.DefaultHttpxClient, self._tls_context
+            )
+        if self._openai is not None:
+            self._openai_pool = ClientPool(
+                self._openai, openai.DefaultHttpxClient, self._tls_context
             )
 
     @property
@@ -378,35 +438,22 @@ class Providers:
         )
 
     def build(self, model: str, stop: threading.Event) -> PlatformModel:
-        """The model for one execution, calling through this thread's clients."""
         self.check(model)
         provider, model_id = split_model_name(model)
         if provider == ANTHROPIC:
+            assert self._anthropic_pool is not None
             return AnthropicModel(
                 model_id,
-                client=self._for_this_thread(
-                    ANTHROPIC, self._anthropic, anthropic.DefaultHttpxClient
-                ),
+                clients=self._anthropic_pool,
                 max_tokens=self.settings.model_max_tokens,
                 thinking_effort=self.settings.anthropic_thinking_effort,
                 retry=self.retry,
                 stop=stop,
             )
-        client = self._for_this_thread(OPENAI, self._openai, openai.DefaultHttpxClient)
-        return OpenAICompatibleModel(model_id, client=client, retry=self.retry, stop=stop)
-
-    def _for_this_thread(
-        self, provider: str, shared: _Client | None, http_client: Callable[..., Any]
-    ) -> _Client:
-        """This thread's copy of a configured client, made on its first call."""
-        client: _Client | None = getattr(self._per_thread, provider, None)
-        if client is None:
-            assert shared is not None
-            client = shared.copy(http_client=http_client(verify=self._tls_context()))
-            setattr(self._per_thread, provider, client)
-            with self._lock:
-                self._copies.append(client)
-        return client
+        assert self._openai_pool is not None
+        return OpenAICompatibleModel(
+            model_id, clients=self._openai_pool, retry=self.retry, stop=stop
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         """The TLS settings the SDKs' own HTTP clients use (system CAs, SSL_CERT_FILE/DIR)."""
@@ -416,15 +463,10 @@ class Providers:
             return self._tls
 
     def close(self) -> None:
-        """Close every client and its connections (a thread still calling gets an error;
-        a later call makes new copies)."""
-        with self._lock:
-            clients = [*self._copies, self._anthropic, self._openai]
-            self._copies = []
-            self._per_thread = threading.local()
-        for client in clients:
-            if client is not None:
-                client.close()
+        """Close every client and its connections."""
+        for pool in (self._anthropic_pool, self._openai_pool):
+            if pool is not None:
+                pool.close()
 
     def startup_warnings(self) -> list[str]:
         """What an operator should hear at startup: no provider, deprecated models."""
