@@ -98,8 +98,8 @@ def test_sdk_tracing_is_off_unless_a_tracer_provider_or_the_env_asks(
     llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_OPEN_TELEMETRY", raising=False)
-    client = Providers(settings(llm))._anthropic
-    assert client is not None and client.open_telemetry["traces"]["enabled"] is False
+    pool = Providers(settings(llm))._anthropic
+    assert pool is not None and pool.configured.open_telemetry["traces"]["enabled"] is False
 
     monkeypatch.setenv("ANTHROPIC_OPEN_TELEMETRY", "true")
     assert anthropic_tracing_option() == {}  # the SDK reads the variable itself
@@ -110,8 +110,8 @@ def test_sdk_tracing_is_off_unless_a_tracer_provider_or_the_env_asks(
             return trace.NoOpTracer()
 
     monkeypatch.setattr(trace, "get_tracer_provider", Configured)
-    client = Providers(settings(llm))._anthropic
-    assert client is not None and client.open_telemetry["traces"]["enabled"] is True
+    pool = Providers(settings(llm))._anthropic
+    assert pool is not None and pool.configured.open_telemetry["traces"]["enabled"] is True
 
 
 def test_anthropic_call_usage_and_stop_sequences(llm: FakeLLMServer) -> None:
@@ -227,7 +227,7 @@ def test_each_call_in_flight_has_its_own_client_copy(llm: FakeLLMServer) -> None
     lock: each call in flight borrows a copy of the configured client instead, the most
     recently used first (its connection is the one still warm)."""
     providers = Providers(settings(llm, provider_timeout_s=42))
-    pools = (providers._anthropic_pool, providers._openai_pool)
+    pools = (providers._anthropic, providers._openai)
     assert pools[0] is not None and pools[1] is not None
     lent: list[object] = []
     for pool in pools:
@@ -274,7 +274,7 @@ def test_each_call_in_flight_has_its_own_client_copy(llm: FakeLLMServer) -> None
 def test_a_provider_behind_tls_with_a_private_ca(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The threads' copies verify TLS as the SDKs' own clients do: with the CA an operator
+    """The client copies verify TLS as the SDKs' own clients do: with the CA an operator
     names in SSL_CERT_FILE, and not without it."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(

@@ -386,35 +386,33 @@ class Providers:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.retry = RetryPolicy(max_retries=settings.max_retries)
-        self._anthropic: anthropic.Anthropic | None = None
-        self._openai: openai.OpenAI | None = None
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
-        self._anthropic_pool: ClientPool[anthropic.Anthropic] | None = None
-        self._openai_pool: ClientPool[openai.OpenAI] | None = None
+        self._anthropic: ClientPool[anthropic.Anthropic] | None = None
+        self._openai: ClientPool[openai.OpenAI] | None = None
         if settings.anthropic_api_key:
-            self._anthropic = anthropic.Anthropic(
-                api_key=settings.anthropic_api_key.get_secret_value(),
-                base_url=settings.anthropic_base_url or None,
-                max_retries=0,
-                timeout=settings.provider_timeout_s,
-                **anthropic_tracing_option(),
+            self._anthropic = ClientPool(
+                anthropic.Anthropic(
+                    api_key=settings.anthropic_api_key.get_secret_value(),
+                    base_url=settings.anthropic_base_url or None,
+                    max_retries=0,
+                    timeout=settings.provider_timeout_s,
+                    **anthropic_tracing_option(),
+                ),
+                anthropic.DefaultHttpxClient,
+                self._tls_context,
             )
         if settings.openai_base_url or settings.openai_api_key:
             key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-            self._openai = openai.OpenAI(
-                api_key=key or "not-needed",
-                base_url=settings.openai_base_url or None,
-                max_retries=0,
-                timeout=settings.provider_timeout_s,
-            )
-        if self._anthropic is not None:
-            self._anthropic_pool = ClientPool(
-                self._anthropic, anthropic.DefaultHttpxClient, self._tls_context
-            )
-        if self._openai is not None:
-            self._openai_pool = ClientPool(
-                self._openai, openai.DefaultHttpxClient, self._tls_context
+            self._openai = ClientPool(
+                openai.OpenAI(
+                    api_key=key or "not-needed",
+                    base_url=settings.openai_base_url or None,
+                    max_retries=0,
+                    timeout=settings.provider_timeout_s,
+                ),
+                openai.DefaultHttpxClient,
+                self._tls_context,
             )
 
     @property
@@ -441,19 +439,17 @@ class Providers:
         self.check(model)
         provider, model_id = split_model_name(model)
         if provider == ANTHROPIC:
-            assert self._anthropic_pool is not None
+            assert self._anthropic is not None
             return AnthropicModel(
                 model_id,
-                clients=self._anthropic_pool,
+                clients=self._anthropic,
                 max_tokens=self.settings.model_max_tokens,
                 thinking_effort=self.settings.anthropic_thinking_effort,
                 retry=self.retry,
                 stop=stop,
             )
-        assert self._openai_pool is not None
-        return OpenAICompatibleModel(
-            model_id, clients=self._openai_pool, retry=self.retry, stop=stop
-        )
+        assert self._openai is not None
+        return OpenAICompatibleModel(model_id, clients=self._openai, retry=self.retry, stop=stop)
 
     def _tls_context(self) -> ssl.SSLContext:
         """The TLS settings the SDKs' own HTTP clients use (system CAs, SSL_CERT_FILE/DIR)."""
@@ -464,7 +460,7 @@ class Providers:
 
     def close(self) -> None:
         """Close every client and its connections."""
-        for pool in (self._anthropic_pool, self._openai_pool):
+        for pool in (self._anthropic, self._openai):
             if pool is not None:
                 pool.close()
 
