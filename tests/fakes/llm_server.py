@@ -608,6 +608,11 @@ class FakeLLMServer:
         return int(self._sock.getsockname()[1])
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open now (a client that gave up on a call closes its own)."""
+        return len(self._conns)
+
+    @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT`` (``https`` with ``tls``) — the anthropic SDK's base_url."""
         return f"{'https' if self.tls else 'http'}://{self._host}:{self.port}"

@@ -7,7 +7,9 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
@@ -24,13 +26,30 @@ from agent_platform.config import Settings
 from agent_platform.errors import ProviderError, ProviderNotConfigured
 from agent_platform.runtime.providers import (
     Interrupted,
+    PlatformModel,
     Providers,
     RetryPolicy,
     anthropic_tracing_option,
     split_model_name,
     to_anthropic_messages,
 )
-from tests.fakes.llm_server import FakeLLMServer, Text
+from tests.fakes.llm_server import FakeLLMServer, Hang, Text
+
+ProvidersOf = Callable[[Settings], Providers]
+
+
+@pytest.fixture
+def providers_of() -> Iterator[ProvidersOf]:
+    """`Providers` for a test, closed after it (their loop thread and connections)."""
+    made: list[Providers] = []
+
+    def make(config: Settings) -> Providers:
+        made.append(Providers(config))
+        return made[-1]
+
+    yield make
+    for providers in made:
+        providers.close()
 
 
 def msg(role: MessageRole, text: str) -> ChatMessage:
@@ -95,11 +114,11 @@ def test_anthropic_turns_read_smolagents_messages_as_its_cleaner_would() -> None
 
 
 def test_sdk_tracing_is_off_unless_a_tracer_provider_or_the_env_asks(
-    llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+    llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, providers_of: ProvidersOf
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_OPEN_TELEMETRY", raising=False)
-    pool = Providers(settings(llm))._anthropic
-    assert pool is not None and pool.configured.open_telemetry["traces"]["enabled"] is False
+    client = providers_of(settings(llm)).clients().anthropic
+    assert client is not None and client.open_telemetry["traces"]["enabled"] is False
 
     monkeypatch.setenv("ANTHROPIC_OPEN_TELEMETRY", "true")
     assert anthropic_tracing_option() == {}  # the SDK reads the variable itself
@@ -110,16 +129,18 @@ def test_sdk_tracing_is_off_unless_a_tracer_provider_or_the_env_asks(
             return trace.NoOpTracer()
 
     monkeypatch.setattr(trace, "get_tracer_provider", Configured)
-    pool = Providers(settings(llm))._anthropic
-    assert pool is not None and pool.configured.open_telemetry["traces"]["enabled"] is True
+    client = providers_of(settings(llm)).clients().anthropic
+    assert client is not None and client.open_telemetry["traces"]["enabled"] is True
 
 
-def test_anthropic_call_usage_and_stop_sequences(llm: FakeLLMServer) -> None:
+def test_anthropic_call_usage_and_stop_sequences(
+    llm: FakeLLMServer, providers_of: ProvidersOf
+) -> None:
     kw = uuid.uuid4().hex
     llm.script(
         kw, [Text("Thought: go\n<code>\nprint(1)\n</code>\nObservation: leaked", thinking="hmm")]
     )
-    model = Providers(settings(llm)).build("claude-sonnet-5-5", threading.Event())
+    model = providers_of(settings(llm)).build("claude-sonnet-5-5", threading.Event())
     out = model.generate(conversation(kw), stop_sequences=["Observation:", "</code>"])
     assert out.content == "Thought: go\n<code>\nprint(1)\n"  # thinking block ignored, cut at stop
     assert out.token_usage is not None and out.token_usage.input_tokens > 0
@@ -129,19 +150,19 @@ def test_anthropic_call_usage_and_stop_sequences(llm: FakeLLMServer) -> None:
     assert "temperature" not in request and "thinking" not in request
 
 
-def test_malformed_reply_is_a_provider_error(llm: FakeLLMServer) -> None:
+def test_malformed_reply_is_a_provider_error(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("", raw_body='{"type": "message", "content": "not blocks"}')])
-    model = Providers(settings(llm)).build("claude-sonnet-5-5", threading.Event())
+    model = providers_of(settings(llm)).build("claude-sonnet-5-5", threading.Event())
     with pytest.raises(ProviderError, match="malformed response") as caught:
         model.generate(conversation(kw))
     assert caught.value.provider == "anthropic" and not caught.value.retryable
 
 
-def test_adaptive_thinking_when_enabled(llm: FakeLLMServer) -> None:
+def test_adaptive_thinking_when_enabled(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("ok")])
-    model = Providers(settings(llm, anthropic_thinking_effort="high")).build(
+    model = providers_of(settings(llm, anthropic_thinking_effort="high")).build(
         "claude-sonnet-5-5", threading.Event()
     )
     assert model.generate(conversation(kw)).content == "ok"
@@ -149,10 +170,12 @@ def test_adaptive_thinking_when_enabled(llm: FakeLLMServer) -> None:
     assert body["thinking"] == {"type": "adaptive"} and body["output_config"] == {"effort": "high"}
 
 
-def test_retryable_errors_are_retried_then_succeed(llm: FakeLLMServer) -> None:
+def test_retryable_errors_are_retried_then_succeed(
+    llm: FakeLLMServer, providers_of: ProvidersOf
+) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("fine", fail_first=[529, 500, 429], retry_after=0.01)])
-    providers = Providers(settings(llm, max_retries=3))
+    providers = providers_of(settings(llm, max_retries=3))
     model = providers.build("claude-sonnet-5-5", threading.Event())
     model.retry_policy = RetryPolicy(max_retries=3, base_s=0.01, cap_s=0.05)
     assert model.generate(conversation(kw)).content == "fine"
@@ -160,10 +183,10 @@ def test_retryable_errors_are_retried_then_succeed(llm: FakeLLMServer) -> None:
     assert llm.calls(kw) == 4
 
 
-def test_retries_exhausted_raise_with_reason(llm: FakeLLMServer) -> None:
+def test_retries_exhausted_raise_with_reason(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("never", fail_first=[529, 529, 529])])
-    model = Providers(settings(llm, max_retries=1)).build("claude-sonnet-5-5", threading.Event())
+    model = providers_of(settings(llm, max_retries=1)).build("claude-sonnet-5-5", threading.Event())
     model.retry_policy = RetryPolicy(max_retries=1, base_s=0.01, cap_s=0.02)
     with pytest.raises(ProviderError) as info:
         model.generate(conversation(kw))
@@ -171,10 +194,10 @@ def test_retries_exhausted_raise_with_reason(llm: FakeLLMServer) -> None:
     assert llm.calls(kw) == 2
 
 
-def test_auth_error_is_not_retried(llm: FakeLLMServer) -> None:
+def test_auth_error_is_not_retried(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("x")])
-    model = Providers(settings(llm, anthropic_api_key="bad-key")).build(
+    model = providers_of(settings(llm, anthropic_api_key="bad-key")).build(
         "claude-sonnet-5-5", threading.Event()
     )
     with pytest.raises(ProviderError) as info:
@@ -183,11 +206,11 @@ def test_auth_error_is_not_retried(llm: FakeLLMServer) -> None:
     assert llm.calls(kw) == 1
 
 
-def test_stop_interrupts_a_backoff_sleep(llm: FakeLLMServer) -> None:
+def test_stop_interrupts_a_backoff_sleep(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("x", fail_first=[529] * 5, retry_after=30)])
     stop = threading.Event()
-    model = Providers(settings(llm)).build("claude-sonnet-5-5", stop)
+    model = providers_of(settings(llm)).build("claude-sonnet-5-5", stop)
     threading.Timer(0.2, stop.set).start()
     started = time.monotonic()
     with pytest.raises(Interrupted):
@@ -195,20 +218,20 @@ def test_stop_interrupts_a_backoff_sleep(llm: FakeLLMServer) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_openai_compatible_endpoint(llm: FakeLLMServer) -> None:
+def test_openai_compatible_endpoint(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("from openai")])
-    model = Providers(settings(llm)).build("gpt-fake-1", threading.Event())
+    model = providers_of(settings(llm)).build("gpt-fake-1", threading.Event())
     out = model.generate(conversation(kw))
     assert out.content == "from openai" and out.token_usage is not None
     assert llm.requests[-1].protocol == "openai"
 
 
-def test_routing_and_configuration_errors(llm: FakeLLMServer) -> None:
+def test_routing_and_configuration_errors(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
     assert split_model_name("claude-x") == ("anthropic", "claude-x")
     assert split_model_name("openai/claude-x") == ("openai", "claude-x")
     assert split_model_name("llama3.2") == ("openai", "llama3.2")
-    only_anthropic = Providers(settings(llm, openai_base_url=None))
+    only_anthropic = providers_of(settings(llm, openai_base_url=None))
     with pytest.raises(ProviderNotConfigured, match="OPENAI_BASE_URL"):
         only_anthropic.check("llama3.2")
     nothing = Providers(Settings(_env_file=None))  # type: ignore[call-arg]
@@ -217,43 +240,51 @@ def test_routing_and_configuration_errors(llm: FakeLLMServer) -> None:
     assert "no LLM provider" in nothing.startup_warnings()[0]
 
 
-def test_deprecated_model_is_announced_at_startup(llm: FakeLLMServer) -> None:
-    notes = Providers(settings(llm, default_model="claude-sonnet-4-5")).startup_warnings()
+def test_deprecated_model_is_announced_at_startup(
+    llm: FakeLLMServer, providers_of: ProvidersOf
+) -> None:
+    notes = providers_of(settings(llm, default_model="claude-sonnet-4-5")).startup_warnings()
     assert any("claude-sonnet-4-5" in n and "2026" in n for n in notes)
 
 
-def test_each_call_in_flight_has_its_own_client_copy(llm: FakeLLMServer) -> None:
-    """One client shared by every agent thread serializes them on its connection pool's
-    lock: each call in flight borrows a copy of the configured client instead, the most
-    recently used first (its connection is the one still warm)."""
-    providers = Providers(settings(llm, provider_timeout_s=42))
-    pools = (providers._anthropic, providers._openai)
-    assert pools[0] is not None and pools[1] is not None
-    lent: list[object] = []
-    for pool in pools:
-        with pool.lend() as first:
-            with pool.lend() as second:
-                assert first is not second  # two calls in flight, two connection pools
-            with pool.lend() as third:
-                assert third is second  # the warmest copy first
-        lent += [first, second]
-    for client in lent[:2]:  # the configured client's settings, copied
-        assert isinstance(client, anthropic.Anthropic)
-        assert client.api_key == "test" and str(client.base_url).startswith(llm.base_url)
-        assert client.max_retries == 0 and client.timeout == 42
-        assert client.open_telemetry["traces"]["enabled"] is False
-    for client in lent[2:]:
-        assert isinstance(client, openai.OpenAI)
-        assert str(client.base_url).startswith(llm.openai_base_url)
-        assert client.max_retries == 0 and client.timeout == 42
+def test_agent_threads_call_through_one_loop_and_one_client_per_provider(
+    llm: FakeLLMServer, providers_of: ProvidersOf
+) -> None:
+    """Every agent thread's call runs on the one provider loop thread, through the one async
+    client of its provider, configured as the settings say; `close` closes them and stops
+    the thread, and a model built afterwards gets new ones."""
+    providers = providers_of(settings(llm, provider_timeout_s=42))
+    clients = providers.clients()
+    assert clients is providers.clients() and not clients.loop.running  # started by a call
+    assert isinstance(clients.anthropic, anthropic.AsyncAnthropic)
+    assert clients.anthropic.api_key == "test"
+    assert str(clients.anthropic.base_url).startswith(llm.base_url)
+    assert clients.anthropic.max_retries == 0 and clients.anthropic.timeout == 42
+    assert isinstance(clients.openai, openai.AsyncOpenAI)
+    assert str(clients.openai.base_url).startswith(llm.openai_base_url)
+    assert clients.openai.max_retries == 0 and clients.openai.timeout == 42
 
     answered: list[bool] = []
+    sent_from: set[str] = set()
+    seen = {"anthropic": clients.anthropic, "openai": clients.openai}
+    submit = clients.loop.submit
+
+    def submit_noting_the_thread(call: Any) -> Any:
+        async def noted() -> Any:
+            sent_from.add(threading.current_thread().name)
+            return await call
+
+        return submit(noted())
+
+    clients.loop.submit = submit_noting_the_thread  # type: ignore[method-assign]
 
     def agent_thread() -> None:
         for model_name in ("claude-sonnet-5-5", "gpt-fake-1", "claude-sonnet-5-5"):
             kw = uuid.uuid4().hex
             llm.script(kw, [Text(f"answer {kw}")])
             model = providers.build(model_name, threading.Event())
+            assert model.client is seen[model.provider]  # type: ignore[attr-defined]
+            assert model.loop is clients.loop
             answered.append(model.generate(conversation(kw)).content == f"answer {kw}")
 
     threads = [threading.Thread(target=agent_thread) for _ in range(4)]
@@ -262,20 +293,60 @@ def test_each_call_in_flight_has_its_own_client_copy(llm: FakeLLMServer) -> None
     for thread in threads:
         thread.join()
     assert answered == [True] * 12
+    assert sent_from == {"provider-io"}
+    assert clients.loop.running
 
     providers.close()
-    assert all(client.is_closed() for client in lent)  # type: ignore[attr-defined]
+    assert not clients.loop.running
+    assert clients.anthropic.is_closed() and clients.openai.is_closed()
+    assert not any(t.name == "provider-io" for t in threading.enumerate())
     kw = uuid.uuid4().hex
     llm.script(kw, [Text("after close")])
     model = providers.build("gpt-fake-1", threading.Event())
-    assert model.generate(conversation(kw)).content == "after close"  # a new copy
+    assert model.client is not clients.openai  # type: ignore[attr-defined]
+    assert model.generate(conversation(kw)).content == "after close"
+    providers.close()
+
+
+def stop_and_interrupt(stop: threading.Event, model: PlatformModel) -> None:
+    """What the agent's stop hook does on a cancel or a timeout."""
+    stop.set()
+    model.interrupt()
+
+
+def test_stop_interrupts_a_call_in_flight(providers_of: ProvidersOf) -> None:
+    """A cancel or timeout does not wait for the provider: the call ends at once and its
+    connection is closed (the provider stops working on it; no thread stays blocked)."""
+    with FakeLLMServer() as slow:
+        kw = uuid.uuid4().hex
+        slow.script(kw, [Hang(30)])
+        providers = providers_of(settings(slow))
+        for model_name in ("claude-sonnet-5-5", "gpt-fake-1"):
+            stop = threading.Event()
+            model = providers.build(model_name, stop)
+            threading.Timer(0.3, stop_and_interrupt, args=(stop, model)).start()
+            started = time.monotonic()
+            with pytest.raises(Interrupted, match="during the model call"):
+                model.generate(conversation(kw))
+            assert 0.3 <= time.monotonic() - started < 2
+            deadline = time.monotonic() + 2
+            while slow.open_connections and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert slow.open_connections == 0
+
+        stop = threading.Event()
+        stop.set()  # set before the call: the next call is never sent
+        calls = len(slow.requests)
+        with pytest.raises(Interrupted):
+            providers.build("claude-sonnet-5-5", stop).generate(conversation(kw))
+        assert len(slow.requests) == calls
 
 
 def test_a_provider_behind_tls_with_a_private_ca(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, providers_of: ProvidersOf
 ) -> None:
-    """The client copies verify TLS as the SDKs' own clients do: with the CA an operator
-    names in SSL_CERT_FILE, and not without it."""
+    """The clients verify TLS as the SDKs' defaults do: with the CA an operator names in
+    SSL_CERT_FILE, and not without it."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -294,13 +365,13 @@ def test_a_provider_behind_tls_with_a_private_ca(
         tls_llm.script(kw, [Text("over tls")])
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-        untrusted = Providers(settings(tls_llm, max_retries=0))
+        untrusted = providers_of(settings(tls_llm, max_retries=0))
         with pytest.raises(ProviderError) as caught:
             untrusted.build("claude-sonnet-5-5", threading.Event()).generate(conversation(kw))
         assert caught.value.retryable  # a connection error, not an answer
         assert not tls_llm.requests  # the handshake failed: no request reached the provider
 
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        trusted = Providers(settings(tls_llm, max_retries=0))
+        trusted = providers_of(settings(tls_llm, max_retries=0))
         model = trusted.build("claude-sonnet-5-5", threading.Event())
         assert model.generate(conversation(kw)).content == "over tls"

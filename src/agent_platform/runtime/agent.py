@@ -226,10 +226,12 @@ class AgentRunner:
         recorder.agent = agent
         model.on_answer = recorder.model_answered
 
-        def kill_code(reason: StopReason) -> None:
+        def stop_now(reason: StopReason) -> None:
             _kill_code(agent, reason)
+            if reason is not StopReason.DRAIN:  # a drain lets the step, and its call, finish
+                model.interrupt()
 
-        stop.on_set(kill_code)
+        stop.on_set(stop_now)
         try:
             if history:
                 self._restore(agent, broker, recorder, history, job.execution_id)
@@ -250,7 +252,7 @@ class AgentRunner:
             return _outcome_for_error(exc, stop)
         finally:
             _close(agent.python_executor)
-            stop.discard(kill_code)
+            stop.discard(stop_now)
             _unlink(agent, recorder, model)
         stop_reason = StopReason.MAX_STEPS if recorder.hit_max_steps else StopReason.FINAL_ANSWER
         return RunOutcome(

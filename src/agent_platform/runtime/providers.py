@@ -1,6 +1,8 @@
 """LLM providers as smolagents `Model`s: Anthropic (official `anthropic` SDK) and any
 OpenAI-compatible endpoint (official `openai` SDK: OpenAI, vLLM, Ollama, llama.cpp).
 
+The SDKs' async clients send every call on one event loop thread (`provider_loop`); the
+agent's thread waits for it, and a stop (cancel, timeout) cuts that wait and the call short.
 SDK exceptions are translated here, once, into `ProviderError` (with `retryable`), and our
 retry policy (jittered exponential backoff honouring `retry-after`, `MAX_RETRIES`) applies
 inside each call. The SDKs' own retries are off (`max_retries=0`), and so are smolagents'.
@@ -8,20 +10,18 @@ inside each call. The SDKs' own retries are off (`max_retries=0`), and so are sm
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import os
 import random
-import ssl
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anthropic
-import httpx2
 import openai
 import orjson
 from smolagents.models import (
@@ -35,9 +35,11 @@ from smolagents.models import (
 
 from agent_platform.config import Settings
 from agent_platform.errors import ProviderError, ProviderNotConfigured
+from agent_platform.runtime.provider_loop import ProviderLoop
 
 ANTHROPIC = "anthropic"
 OPENAI = "openai"
+T = TypeVar("T")
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 NO_PROVIDER_HELP = (
     "no LLM provider is configured: set ANTHROPIC_API_KEY (Claude), or OPENAI_BASE_URL "
@@ -78,8 +80,11 @@ class PlatformModel(Model):
 
     provider = "provider"
 
-    def __init__(self, model_id: str, *, retry: RetryPolicy, stop: threading.Event) -> None:
+    def __init__(
+        self, model_id: str, *, loop: ProviderLoop, retry: RetryPolicy, stop: threading.Event
+    ) -> None:
         super().__init__(model_id=model_id)
+        self.loop = loop
         self.retry_policy = retry
         self.stop = stop
         self.deadline: float | None = None  # time.monotonic() by which the run must end
@@ -87,6 +92,7 @@ class PlatformModel(Model):
         # called with (message, call start time) as soon as the model has answered
         self.on_answer: Callable[[ChatMessage, float], None] | None = None
         self._retries = 0
+        self._in_flight: concurrent.futures.Future[Any] | None = None
 
     def take_retries(self) -> int:
         """Retries spent since the last call of this method (one step's worth)."""
@@ -131,6 +137,24 @@ class PlatformModel(Model):
 
     def _call(self, prepared: Any, stop: list[str] | None) -> ChatMessage:
         raise NotImplementedError
+
+    def _wait_for(self, call: Coroutine[Any, Any, T]) -> T:
+        """Send `call` on the provider loop and wait for its answer, or for `interrupt`."""
+        future = self._in_flight = self.loop.submit(call)
+        try:
+            if self.stop.is_set():  # set before the call was in flight: nothing interrupted it
+                future.cancel()
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise Interrupted("stopped during the model call") from None
+        finally:
+            self._in_flight = None
+
+    def interrupt(self) -> None:
+        """End the call in flight, if any: its wait at once, its connection on the loop.
+        Called from another thread, after the stop event is set."""
+        if (future := self._in_flight) is not None:
+            future.cancel()
 
     def call_timeout_s(self, configured_s: float) -> float:
         """A provider call never outlives the execution's deadline."""
@@ -186,14 +210,15 @@ class AnthropicModel(PlatformModel):
         self,
         model_id: str,
         *,
-        clients: ClientPool[anthropic.Anthropic],
+        client: anthropic.AsyncAnthropic,
+        loop: ProviderLoop,
         max_tokens: int,
         thinking_effort: str,
         retry: RetryPolicy,
         stop: threading.Event,
     ) -> None:
-        super().__init__(model_id, retry=retry, stop=stop)
-        self.clients = clients
+        super().__init__(model_id, loop=loop, retry=retry, stop=stop)
+        self.client = client
         self.max_tokens = max_tokens
         self.thinking_effort = thinking_effort
 
@@ -217,15 +242,7 @@ class AnthropicModel(PlatformModel):
             request["thinking"] = {"type": "adaptive"}
             request["output_config"] = {"effort": self.thinking_effort}
         try:
-            # The raw response: the SDK still builds, sends, authenticates and raises typed
-            # errors, but skips validating the reply into pydantic models (~0.2 ms per call),
-            # of which we read three fields.
-            with self.clients.lend() as client:
-                raw = client.messages.with_raw_response.create(
-                    **request,
-                    timeout=self.call_timeout_s(client.timeout),  # type: ignore[arg-type]
-                )
-            body = orjson.loads(raw.http_response.content)
+            body = orjson.loads(self._wait_for(self._send(request)))
             usage = body["usage"]
             text = "".join(
                 block.get("text", "") for block in body["content"] if block.get("type") == "text"
@@ -240,6 +257,14 @@ class AnthropicModel(PlatformModel):
                 f"{ANTHROPIC} returned a malformed response: {exc!r}", provider=ANTHROPIC
             ) from exc
         return ChatMessage(role=MessageRole.ASSISTANT, content=text, token_usage=tokens)
+
+    async def _send(self, request: dict[str, Any]) -> bytes:
+        """The raw response: the SDK still builds, sends, authenticates and raises typed
+        errors, but skips validating the reply into pydantic models (~0.2 ms per call), of
+        which we read three fields."""
+        timeout = self.call_timeout_s(self.client.timeout)  # type: ignore[arg-type]
+        raw = await self.client.messages.with_raw_response.create(**request, timeout=timeout)
+        return await raw.http_response.aread()
 
 
 ASSISTANT_ROLES = frozenset({MessageRole.ASSISTANT, MessageRole.TOOL_CALL})
@@ -296,23 +321,23 @@ class OpenAICompatibleModel(PlatformModel):
         self,
         model_id: str,
         *,
-        clients: ClientPool[openai.OpenAI],
+        client: openai.AsyncOpenAI,
+        loop: ProviderLoop,
         retry: RetryPolicy,
         stop: threading.Event,
     ) -> None:
-        super().__init__(model_id, retry=retry, stop=stop)
-        self.clients = clients
+        super().__init__(model_id, loop=loop, retry=retry, stop=stop)
+        self.client = client
 
     def _call(self, prepared: list[dict[str, Any]], stop: list[str] | None) -> ChatMessage:
         request: dict[str, Any] = {"model": self.model_id, "messages": prepared}
         if stop:
             request["stop"] = stop[:4]
+        timeout = self.call_timeout_s(self.client.timeout)  # type: ignore[arg-type]
         try:
-            with self.clients.lend() as client:
-                response = client.chat.completions.create(
-                    **request,
-                    timeout=self.call_timeout_s(client.timeout),  # type: ignore[arg-type]
-                )
+            response = self._wait_for(
+                self.client.chat.completions.create(**request, timeout=timeout)
+            )
         except openai.OpenAIError as exc:
             raise _translate(exc, OPENAI) from exc
         choice = response.choices[0] if response.choices else None
@@ -327,101 +352,40 @@ class OpenAICompatibleModel(PlatformModel):
         )
 
 
-_Client = TypeVar("_Client", anthropic.Anthropic, openai.OpenAI)
+@dataclass(frozen=True)
+class ProviderClients:
+    """A process's async SDK clients and the loop their calls run on, made on first use.
 
+    One client per provider: on one loop, one connection pool (`aiohttp`'s) serves every
+    call in flight without a lock; a model built after `close` gets new ones."""
 
-class ClientPool(Generic[_Client]):
-    """Copies of one configured SDK client, one per call in flight, the most recently used
-    lent first.
-
-    One client shared by every agent thread means one connection pool of the HTTP library:
-    one lock, and on every request and response a pass over all its connections that probes
-    each idle one with a system call; at 64 concurrent executions the threads queued on it.
-    A copy per call in flight keeps each pool to the connection its call uses, and lending
-    the warmest copy first keeps, at a low rate, the few connections in use alive (idle ones
-    expire after a few seconds) rather than spreading calls over many cold ones. The copies
-    share one TLS context: building one costs ~30 ms of CPU and ~1 MB."""
-
-    def __init__(
-        self,
-        configured: _Client,
-        http_client: Callable[..., Any],
-        tls: Callable[[], ssl.SSLContext],
-    ) -> None:
-        self.configured = configured
-        self._http_client = http_client
-        self._tls = tls
-        self._idle: list[_Client] = []
-        self._made: set[_Client] = set()
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def lend(self) -> Iterator[_Client]:
-        with self._lock:
-            client = self._idle.pop() if self._idle else None
-        if client is None:
-            client = self.configured.copy(http_client=self._http_client(verify=self._tls()))
-            with self._lock:
-                self._made.add(client)
-        try:
-            yield client
-        finally:
-            with self._lock:
-                if client in self._made:  # not closed meanwhile
-                    self._idle.append(client)
+    loop: ProviderLoop
+    anthropic: anthropic.AsyncAnthropic | None
+    openai: openai.AsyncOpenAI | None
 
     def close(self) -> None:
-        """Close every copy and its connections (a call still in flight gets an error)."""
-        with self._lock:
-            clients, self._made, self._idle = [*self._made, self.configured], set(), []
-        for client in clients:
-            client.close()
+        """Close the clients and their connections on the loop, then stop it."""
+        self.loop.close(*(c.close for c in (self.anthropic, self.openai) if c is not None))
 
 
 class Providers:
-    """Knows which providers are configured and builds a model per execution.
-
-    The SDK clients are configured once; models call through a `ClientPool` of copies."""
+    """Knows which providers are configured and builds a model per execution."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.retry = RetryPolicy(max_retries=settings.max_retries)
         self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
-        self._anthropic: ClientPool[anthropic.Anthropic] | None = None
-        self._openai: ClientPool[openai.OpenAI] | None = None
-        if settings.anthropic_api_key:
-            self._anthropic = ClientPool(
-                anthropic.Anthropic(
-                    api_key=settings.anthropic_api_key.get_secret_value(),
-                    base_url=settings.anthropic_base_url or None,
-                    max_retries=0,
-                    timeout=settings.provider_timeout_s,
-                    **anthropic_tracing_option(),
-                ),
-                anthropic.DefaultHttpxClient,
-                self._tls_context,
-            )
-        if settings.openai_base_url or settings.openai_api_key:
-            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-            self._openai = ClientPool(
-                openai.OpenAI(
-                    api_key=key or "not-needed",
-                    base_url=settings.openai_base_url or None,
-                    max_retries=0,
-                    timeout=settings.provider_timeout_s,
-                ),
-                openai.DefaultHttpxClient,
-                self._tls_context,
-            )
+        self._clients: ProviderClients | None = None
+        self._has_anthropic = bool(settings.anthropic_api_key)
+        self._has_openai = bool(settings.openai_base_url or settings.openai_api_key)
 
     @property
     def any_configured(self) -> bool:
-        return self._anthropic is not None or self._openai is not None
+        return self._has_anthropic or self._has_openai
 
     def is_configured(self, model: str) -> bool:
         provider, _ = split_model_name(model)
-        return (self._anthropic if provider == ANTHROPIC else self._openai) is not None
+        return self._has_anthropic if provider == ANTHROPIC else self._has_openai
 
     def check(self, model: str) -> None:
         """Raise ProviderNotConfigured (a clear 503) when `model` has no provider."""
@@ -438,31 +402,61 @@ class Providers:
     def build(self, model: str, stop: threading.Event) -> PlatformModel:
         self.check(model)
         provider, model_id = split_model_name(model)
+        clients = self.clients()
         if provider == ANTHROPIC:
-            assert self._anthropic is not None
+            assert clients.anthropic is not None
             return AnthropicModel(
                 model_id,
-                clients=self._anthropic,
+                client=clients.anthropic,
+                loop=clients.loop,
                 max_tokens=self.settings.model_max_tokens,
                 thinking_effort=self.settings.anthropic_thinking_effort,
                 retry=self.retry,
                 stop=stop,
             )
-        assert self._openai is not None
-        return OpenAICompatibleModel(model_id, clients=self._openai, retry=self.retry, stop=stop)
+        assert clients.openai is not None
+        return OpenAICompatibleModel(
+            model_id, client=clients.openai, loop=clients.loop, retry=self.retry, stop=stop
+        )
 
-    def _tls_context(self) -> ssl.SSLContext:
-        """The TLS settings the SDKs' own HTTP clients use (system CAs, SSL_CERT_FILE/DIR)."""
+    def clients(self) -> ProviderClients:
+        """The configured SDK clients, made by the first model (the api process, which only
+        checks models, never makes them)."""
         with self._lock:
-            if self._tls is None:
-                self._tls = httpx2.create_ssl_context()
-            return self._tls
+            if self._clients is None:
+                self._clients = self._make_clients()
+            return self._clients
+
+    def _make_clients(self) -> ProviderClients:
+        settings = self.settings
+        anthropic_client = openai_client = None
+        if self._has_anthropic:
+            assert settings.anthropic_api_key is not None
+            anthropic_client = anthropic.AsyncAnthropic(
+                api_key=settings.anthropic_api_key.get_secret_value(),
+                base_url=settings.anthropic_base_url or None,
+                max_retries=0,
+                timeout=settings.provider_timeout_s,
+                http_client=anthropic.DefaultAioHttpClient(),
+                **anthropic_tracing_option(),
+            )
+        if self._has_openai:
+            key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+            openai_client = openai.AsyncOpenAI(
+                api_key=key or "not-needed",
+                base_url=settings.openai_base_url or None,
+                max_retries=0,
+                timeout=settings.provider_timeout_s,
+                http_client=openai.DefaultAioHttpClient(),
+            )
+        return ProviderClients(ProviderLoop(), anthropic_client, openai_client)
 
     def close(self) -> None:
-        """Close every client and its connections."""
-        for pool in (self._anthropic, self._openai):
-            if pool is not None:
-                pool.close()
+        """Close the clients and their connections; a model built later makes new ones."""
+        with self._lock:
+            clients, self._clients = self._clients, None
+        if clients is not None:
+            clients.close()
 
     def startup_warnings(self) -> list[str]:
         """What an operator should hear at startup: no provider, deprecated models."""
@@ -480,13 +474,13 @@ class Providers:
 
 
 def anthropic_tracing_option() -> dict[str, Any]:
-    """`anthropic.Anthropic`'s `open_telemetry` keyword: spans off when nothing would record them.
+    """The client's `open_telemetry` keyword: spans off when nothing would record them.
 
     The SDK builds every call's span and its attributes even with no OpenTelemetry tracer
     provider installed, only to drop them: about 0.15 ms of CPU per model call. Like FastAPI's
     own spans, they stay on when a provider is configured (`opentelemetry-instrument`, say),
     and `ANTHROPIC_OPEN_TELEMETRY`, when set, decides as the SDK documents."""
-    if "open_telemetry" not in inspect.signature(anthropic.Anthropic).parameters:
+    if "open_telemetry" not in inspect.signature(anthropic.AsyncAnthropic).parameters:
         return {}  # an SDK without tracing
     if "ANTHROPIC_OPEN_TELEMETRY" in os.environ:
         return {}
