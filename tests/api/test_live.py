@@ -129,6 +129,30 @@ async def test_cancel_running_stops_provider_calls(
     assert again.status_code == 200 and again.json()["status"] == "cancelled"  # idempotent
 
 
+async def test_cancel_ends_a_model_call_in_flight(
+    client: httpx.AsyncClient, llm: FakeLLMServer
+) -> None:
+    """The provider call a cancel interrupts is dropped at once (its connection closed), not
+    left to run until the provider answers or the execution's deadline."""
+    kw = keyword()
+    llm.script(kw, [Hang(30)])
+    body = {"task": kw, "tools": [], "background": True}
+    execution_id = (await client.post(EXECUTE, json=body)).json()["execution_id"]
+    for _ in range(200):
+        if llm.calls(kw) == 1 and llm.calls_in_progress:
+            break
+        await asyncio.sleep(0.02)
+    assert llm.calls_in_progress == 1
+    response = await client.post(f"/api/v1/agent/execution/{execution_id}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    for _ in range(100):
+        if not llm.calls_in_progress:
+            break
+        await asyncio.sleep(0.02)
+    assert llm.calls_in_progress == 0
+    assert llm.calls(kw) == 1
+
+
 async def test_cancel_finished_is_409(client: httpx.AsyncClient) -> None:
     done = (await client.post(EXECUTE, json={"task": "What is 2 + 2?", "tools": []})).json()
     response = await client.post(f"/api/v1/agent/execution/{done['execution_id']}/cancel")

@@ -608,9 +608,10 @@ class FakeLLMServer:
         return int(self._sock.getsockname()[1])
 
     @property
-    def open_connections(self) -> int:
-        """Client connections open now (a client that gave up on a call closes its own)."""
-        return len(self._conns)
+    def calls_in_progress(self) -> int:
+        """Calls received and not yet answered whose client is still connected (a client
+        that gives up on a call closes its connection, and the call is dropped)."""
+        return sum(conn.pending is not None for conn in list(self._conns))
 
     @property
     def base_url(self) -> str:

@@ -330,9 +330,9 @@ def test_stop_interrupts_a_call_in_flight(providers_of: ProvidersOf) -> None:
                 model.generate(conversation(kw))
             assert 0.3 <= time.monotonic() - started < 2
             deadline = time.monotonic() + 2
-            while slow.open_connections and time.monotonic() < deadline:
+            while slow.calls_in_progress and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert slow.open_connections == 0
+            assert slow.calls_in_progress == 0
 
         stop = threading.Event()
         stop.set()  # set before the call: the next call is never sent
