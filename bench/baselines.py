@@ -5,8 +5,9 @@
   `c / (2 x latency)` executions per second (unbounded for a 0 ms provider).
 * **raw smolagents**: `CodeAgent.run` in one process against the same fake provider, with no
   HTTP, database, queue or sandbox (`python -m bench.baselines < config.json`; `c` threads,
-  closed loop). The model is the platform's own `AnthropicModel` (same SDK client settings as
-  `Providers.build`), so the difference to the platform is what the platform adds.
+  closed loop). The model is the platform's own, made by `Providers.build` (the same SDK
+  client, settings and provider loop), so the difference to the platform is what the
+  platform adds.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import resource
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.stats import latency_summary
+
+if TYPE_CHECKING:  # the orchestrator imports this module for `ideal` only: keep it light
+    from agent_platform.runtime.providers import Providers
 
 STEPS_PER_EXECUTION = 2  # model calls of the fake provider's default script
 
@@ -32,13 +36,9 @@ def ideal(c: int, latency_ms: float) -> dict[str, float | None]:
     return {"latency_ms": STEPS_PER_EXECUTION * latency_ms, "throughput": c / per_execution_s}
 
 
-def run_raw_smolagents(base_url: str, c: int, n: int) -> dict[str, Any]:
-    import anthropic
+def run_raw_smolagents(providers: Providers, c: int, n: int) -> dict[str, Any]:
     from smolagents import CodeAgent, LogLevel
 
-    from agent_platform.runtime.providers import AnthropicModel, RetryPolicy
-
-    client = anthropic.Anthropic(api_key="test", base_url=base_url, max_retries=0, timeout=120)
     counter = itertools.count()
     lock = threading.Lock()
     latencies: list[float] = []
@@ -49,16 +49,9 @@ def run_raw_smolagents(base_url: str, c: int, n: int) -> dict[str, Any]:
             if k >= n:
                 return
             t0 = time.perf_counter()  # building the agent is part of each execution's cost
-            model = AnthropicModel(
-                "claude-sonnet-5-5",
-                client=client,
-                max_tokens=4096,
-                thinking_effort="off",
-                retry=RetryPolicy(max_retries=0),
-                stop=threading.Event(),
-            )
-            agent = CodeAgent(tools=[], model=model, verbosity_level=LogLevel.OFF)
             try:
+                model = providers.build("claude-sonnet-5-5", threading.Event())
+                agent = CodeAgent(tools=[], model=model, verbosity_level=LogLevel.OFF)
                 answer = agent.run(f"raw baseline #{k}: what is 2 + 2?")
                 if str(answer) != "4":
                     raise ValueError(f"unexpected answer {answer!r}")
@@ -79,7 +72,7 @@ def run_raw_smolagents(base_url: str, c: int, n: int) -> dict[str, Any]:
     return {
         "n": n,
         "ok": len(latencies),
-        "errors": len(errors),
+        "errors": n - len(latencies),  # a run that did not end with the answer, whatever the cause
         "error_samples": errors[:3],
         "wall_s": round(wall, 3),
         "throughput": round(len(latencies) / wall, 2) if wall > 0 else 0.0,
@@ -88,10 +81,21 @@ def run_raw_smolagents(base_url: str, c: int, n: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    from agent_platform.config import Settings
+    from agent_platform.runtime.providers import Providers
+
     cfg = json.loads(sys.stdin.read())
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        anthropic_api_key="test",
+        anthropic_base_url=cfg["base_url"],
+        max_retries=0,
+    )
+    providers = Providers(settings)
     # warm-up (imports, prompt templates, first connection) outside the measurement
-    run_raw_smolagents(cfg["base_url"], 1, 2)
-    result = run_raw_smolagents(cfg["base_url"], int(cfg["c"]), int(cfg["n"]))
+    run_raw_smolagents(providers, 1, 2)
+    result = run_raw_smolagents(providers, int(cfg["c"]), int(cfg["n"]))
+    providers.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["process_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     print(json.dumps(result), flush=True)

@@ -44,6 +44,8 @@ def test_quick_benchmark_runs_without_errors(tmp_path: Path) -> None:
     assert lines, run.stdout
     for line in lines:
         assert line["errors"] == 0, line
+        if "ok" in line:  # every execution a scenario or baseline started ended well
+            assert line["ok"] == line["n"], line
     missing = EXPECTED - {line["scenario"] for line in lines}
     assert not missing, missing
     results = json.loads((tmp_path / "latest.json").read_text())
