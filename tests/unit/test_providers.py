@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import ssl
 import subprocess
 import threading
@@ -296,8 +298,13 @@ def test_agent_threads_call_through_one_loop_and_one_client_per_provider(
     assert sent_from == {"provider-io"}
     assert clients.loop.running
 
+    del clients.loop.submit
     providers.close()
     assert not clients.loop.running
+    late = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="closed"):  # a model of before `close` is done
+        clients.loop.submit(late)
+    assert inspect.getcoroutinestate(late) == inspect.CORO_CLOSED
     assert clients.anthropic.is_closed() and clients.openai.is_closed()
     assert not any(t.name == "provider-io" for t in threading.enumerate())
     kw = uuid.uuid4().hex

@@ -32,7 +32,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class ProviderLoop:
-    """One daemon thread running an event loop, started by the first call, stopped by `close`.
+    """One daemon thread running an event loop, started by the first call, stopped by `close`
+    for good (what ran on it, such as the clients' connections, is closed with it).
 
     A process that never calls a provider (the api) never starts it."""
 
@@ -41,13 +42,21 @@ class ProviderLoop:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def submit(self, call: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule `call` on the loop; cancelling the future cancels the call."""
-        return asyncio.run_coroutine_threadsafe(call, self._running())
+        try:
+            loop = self._running()
+        except RuntimeError:
+            call.close()  # never to run
+            raise
+        return asyncio.run_coroutine_threadsafe(call, loop)
 
     def _running(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the provider loop is closed")
             if self._loop is None:
                 self._loop = new_event_loop()
                 self._thread = threading.Thread(
@@ -64,6 +73,7 @@ class ProviderLoop:
         """Run `closers` on the loop (closing what lives on it), then stop the thread."""
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+            self._closed = True
         if loop is None or thread is None:
             return
 
