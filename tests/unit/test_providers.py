@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import ssl
 import subprocess
 import threading
@@ -313,6 +314,43 @@ def test_agent_threads_call_through_one_loop_and_one_client_per_provider(
     assert model.client is not clients.openai  # type: ignore[attr-defined]
     assert model.generate(conversation(kw)).content == "after close"
     providers.close()
+
+
+def test_a_provider_that_does_not_answer_in_time_is_a_retryable_timeout(
+    providers_of: ProvidersOf,
+) -> None:
+    with FakeLLMServer() as slow:
+        kw = uuid.uuid4().hex
+        slow.script(kw, [Hang(5)])
+        providers = providers_of(settings(slow, provider_timeout_s=0.3, max_retries=0))
+        for model_name, label in (("claude-sonnet-5-5", "Anthropic"), ("gpt-fake-1", "OpenAI")):
+            model = providers.build(model_name, threading.Event())
+            started = time.monotonic()
+            with pytest.raises(ProviderError, match=f"{label}.* timed out") as caught:
+                model.generate(conversation(kw))
+            assert 0.3 <= time.monotonic() - started < 2
+            assert caught.value.retryable
+
+
+def test_a_provider_nobody_answers_at_is_a_retryable_connection_error(
+    providers_of: ProvidersOf,
+) -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    config = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        anthropic_api_key="test",
+        anthropic_base_url=url,
+        openai_base_url=url + "/v1",
+        allowed_models="gpt-fake-1",
+        max_retries=0,
+    )
+    providers = providers_of(config)
+    for model_name, label in (("claude-sonnet-5-5", "Anthropic"), ("gpt-fake-1", "OpenAI")):
+        with pytest.raises(ProviderError, match=f"{label}.* could not be reached") as caught:
+            providers.build(model_name, threading.Event()).generate(conversation("x"))
+        assert caught.value.retryable and caught.value.status is None
 
 
 def stop_and_interrupt(stop: threading.Event, model: PlatformModel) -> None:

@@ -179,6 +179,20 @@ def _status_message(body: Any, fallback: str) -> str:
     return fallback
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a connection error was a timeout. The SDK's own type says so, except that the
+    `openai` SDK's `aiohttp` transport reports a refused connection as a connect timeout;
+    the chain of causes down to the socket's error tells them apart."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return True
+        if isinstance(cause, OSError):  # refused, reset, unreachable, no such host
+            return False
+        cause = cause.__cause__
+    return "Timeout" in type(exc).__name__
+
+
 def _translate(exc: Exception, provider: str) -> ProviderError:
     """Map an SDK exception (anthropic or openai share the shape) to ProviderError."""
     label = "Anthropic" if provider == ANTHROPIC else "OpenAI-compatible provider"
@@ -195,7 +209,7 @@ def _translate(exc: Exception, provider: str) -> ProviderError:
             retry_after_s=_retry_after(exc.response.headers),
         )
     if isinstance(exc, connection_error):
-        kind = "timed out" if "Timeout" in type(exc).__name__ else "could not be reached"
+        kind = "timed out" if _timed_out(exc) else "could not be reached"
         return ProviderError(f"{label} {kind}: {exc}", provider=provider, retryable=True)
     return ProviderError(f"{label} call failed: {exc}", provider=provider)
 
