@@ -30,6 +30,17 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "mysql://x")
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         load_settings(_env_file=None)
+    monkeypatch.delenv("DATABASE_URL")
+    for variable in ("ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
+        for bad in ("localhost:11434/v1", "ftp://models.example", "http://", "http://a b"):
+            monkeypatch.setenv(variable, bad)
+            with pytest.raises(ConfigError, match=rf"^invalid {variable}: .*http"):
+                load_settings(_env_file=None)
+        monkeypatch.setenv(variable, "http://localhost:11434/v1")
+        assert load_settings(_env_file=None).model_dump()[variable.lower()] == (
+            "http://localhost:11434/v1"
+        )
+        monkeypatch.delenv(variable)
 
 
 def test_comma_lists_and_seed_names(monkeypatch: pytest.MonkeyPatch) -> None:
