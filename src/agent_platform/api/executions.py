@@ -160,9 +160,9 @@ async def execution_events(
 async def cancel_execution(
     execution_id: str, tenant: TenantDep, service: ExecutionsDep, response: Response
 ) -> ExecutionOut:
-    """Queued: cancelled at once. Running: its code is killed and it ends `cancelled` (202 if
-    that takes more than a few seconds). Already cancelled: returned as is. Ended otherwise:
-    409 with its status."""
+    """Queued: cancelled at once. Running: its code is killed, its model call dropped, and it
+    ends `cancelled` (202 if that takes more than a few seconds). Already cancelled: returned
+    as is. Ended otherwise: 409 with its status."""
     execution = await service.cancel(tenant.id, execution_id)
     if not execution.status.is_final:
         response.status_code = status.HTTP_202_ACCEPTED

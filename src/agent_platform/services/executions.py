@@ -331,7 +331,8 @@ class ExecutionService:
 
     async def cancel(self, tenant_id: str, execution_id: str) -> Execution:
         """Queued → cancelled at once; running → stopped by its worker (at once when its
-        code runs, else at the next step boundary); cancelled → as is; otherwise 409."""
+        code or its model call runs, else at the next step boundary); cancelled → as is;
+        otherwise 409."""
         execution = await self.get(tenant_id, execution_id, with_steps=False)
         now = utcnow()
         appended: list[Event] = []
