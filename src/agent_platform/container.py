@@ -130,6 +130,6 @@ class Platform:
                 await self._worker_task
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.stop)
-        self.providers.close()
+        await asyncio.to_thread(self.providers.close)  # waits for the provider loop's thread
         await self.bus.close()
         await self.db.dispose()

@@ -27,6 +27,7 @@ from smolagents.models import (
 
 from agent_platform.config import Settings
 from agent_platform.errors import ProviderError, ProviderNotConfigured
+from agent_platform.runtime import provider_loop
 from agent_platform.runtime.providers import (
     Interrupted,
     PlatformModel,
@@ -420,3 +421,35 @@ def test_a_provider_behind_tls_with_a_private_ca(
         trusted = providers_of(settings(tls_llm, max_retries=0))
         model = trusted.build("claude-sonnet-5-5", threading.Event())
         assert model.generate(conversation(kw)).content == "over tls"
+
+
+def test_closing_goes_on_when_a_client_does_not_close(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutting down, a closer that fails or hangs is logged, the next one still runs and
+    the thread stops: what follows in the process's shutdown (the bus, the database) must
+    not be skipped because one provider's connections would not close."""
+    monkeypatch.setattr(provider_loop, "CLOSE_TIMEOUT_S", 0.3)
+    loop = provider_loop.ProviderLoop()
+    assert loop.submit(asyncio.sleep(0, result=1)).result(5) == 1
+    closed: list[str] = []
+
+    async def fails() -> None:
+        closed.append("fails")
+        raise OSError("connection reset while closing")
+
+    async def hangs() -> None:
+        closed.append("hangs")
+        await asyncio.sleep(60)
+
+    with caplog.at_level("WARNING", logger=provider_loop.__name__):
+        loop.close(fails)
+    assert closed == ["fails"] and not loop.running
+    assert "connection reset while closing" in caplog.text
+
+    loop = provider_loop.ProviderLoop()
+    loop.submit(asyncio.sleep(0)).result(5)
+    started = time.monotonic()
+    loop.close(hangs)
+    assert closed == ["fails", "hangs"] and time.monotonic() - started < 5
+    assert not any(t.name == "provider-io" and t.is_alive() for t in threading.enumerate())

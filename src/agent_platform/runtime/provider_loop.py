@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -70,7 +73,9 @@ class ProviderLoop:
         return self._loop is not None
 
     def close(self, *closers: Callable[[], Awaitable[object]]) -> None:
-        """Run `closers` on the loop (closing what lives on it), then stop the thread."""
+        """Run `closers` on the loop (closing what lives on it), then stop the thread. A
+        closer that fails or takes longer than CLOSE_TIMEOUT_S is logged, not raised: the
+        process is shutting down, and what follows (the bus, the database) must close too."""
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
             self._closed = True
@@ -81,8 +86,12 @@ class ProviderLoop:
             for closer in closers:
                 await closer()
 
+        closing = asyncio.run_coroutine_threadsafe(close_all(), loop)
         try:
-            asyncio.run_coroutine_threadsafe(close_all(), loop).result(CLOSE_TIMEOUT_S)
+            closing.result(CLOSE_TIMEOUT_S)
+        except Exception as exc:
+            closing.cancel()
+            log.warning("closing the provider clients failed: %r", exc)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(CLOSE_TIMEOUT_S)
