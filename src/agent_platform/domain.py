@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -155,3 +155,9 @@ class StoredStep(StepRecord):
     """A step as stored: which attempt produced it."""
 
     attempt: int = 1
+
+    @classmethod
+    def of(cls, step: StepRecord, attempt: int) -> StoredStep:
+        """The step as reading its stored row gives it back (`ends_run` is not stored)."""
+        values = {f.name: getattr(step, f.name) for f in fields(StepRecord)}
+        return cls(**{**values, "ends_run": False}, attempt=attempt)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
+import pytest
 
+from agent_platform.store import repos
 from tests.fakes.llm_server import FakeLLMServer, Text, code, count_tokens, final
 
 EXECUTE = "/api/v1/agent/execute"
@@ -55,6 +58,45 @@ async def test_seed_example_waits_and_returns_real_steps(client: httpx.AsyncClie
     # the GET returns the same execution
     again = (await client.get(f"/api/v1/agent/execution/{body['execution_id']}")).json()
     assert again["steps"] == steps and again["result"] == "4"
+
+
+async def test_a_waiting_request_answers_what_get_reads(
+    client: httpx.AsyncClient,
+    llm: FakeLLMServer,
+    backend: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the run did, a waiting request answers the execution as GET reads it. On
+    PostgreSQL + Redis the end's notification carries it and nothing is read back, unless
+    it is too large to carry."""
+    reads: list[str] = []
+    read = repos.get_execution
+
+    async def noted(conn: Any, tenant_id: str, execution_id: str, **kw: Any) -> Any:
+        reads.append(execution_id)
+        return await read(conn, tenant_id, execution_id, **kw)
+
+    monkeypatch.setattr(repos, "get_execution", noted)
+    carried = "redis_url" in backend
+    big = code(f"s = '{'x' * 40_000}'")  # two such steps, as stored: over 64 KB
+    scripts = {
+        "a tool call": [code("info = tenant_info()\nprint(info)"), final("info[:40]")],
+        "an error fed back": [code("print(1 / 0)"), code("y = 5\nprint(y)"), final("y * 2")],
+        "max steps": [code("print('still working')")],
+        "retries": [Text(code("print(1)").text, fail_first=[529], retry_after=0.01), final("1")],
+        "no ascii": [code("print('ünïcödé ✓ 🚀')"), final("'✓'")],
+        "too large to carry": [big, big, final("'big'")],
+    }
+    for name, script in scripts.items():
+        kw = keyword()
+        llm.script(kw, script)
+        reads.clear()
+        answer = (await client.post(EXECUTE, json={"task": kw, "max_steps": 2})).json()
+        read_back = bool(reads)
+        again = (await client.get(f"/api/v1/agent/execution/{answer['execution_id']}")).json()
+        assert answer == again, name
+        assert answer["status"] == "completed" and answer["steps"], name
+        assert read_back == (not carried or name == "too large to carry"), name
 
 
 async def test_usage_matches_the_provider(client: httpx.AsyncClient, llm: FakeLLMServer) -> None:

@@ -205,7 +205,13 @@ async def _run_through(db: Database, execution: Execution, *, one_statement: boo
         )
         for record in (partial, done, second):
             await jobs.write_step(db, claimed, record, now=now)
-        ended = await jobs.end(db, claimed, outcome, final_steps=[answered, final], now=now)
+        finished = await jobs.end(db, claimed, outcome, final_steps=[answered, final], now=now)
+        ended = finished.events
+        assert (finished.row is None) == db.is_sqlite  # PostgreSQL's one statement returns it
+        if finished.row is not None:  # as committed: the same as reading it back
+            async with db.connect() as conn:
+                read = await repos.get_execution(conn, TENANT, claimed.id, with_steps=False)
+            assert finished.row == read and finished.row.completed_at == now
     else:
         async with db.begin() as conn:
             ((claimed, claim_events),) = await jobs.claim(

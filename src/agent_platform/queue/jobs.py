@@ -14,6 +14,7 @@ statement (`pg_writes.py`) and elsewhere run the functions below in a transactio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, exists, func, literal_column, or_, select, update
@@ -428,6 +429,15 @@ async def write_step(
         return await pg_writes.record_step(conn, execution, step, now=now)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """What ending an execution wrote: its events and, where one statement did it all and
+    returned it, the execution's row as committed (its steps not attached)."""
+
+    events: list[Event]
+    row: Execution | None = None
+
+
 async def end(
     db: Database,
     execution: Execution,
@@ -435,7 +445,7 @@ async def end(
     *,
     final_steps: Sequence[StepRecord] = (),
     now: datetime,
-) -> list[Event]:
+) -> Ended:
     """The run's last steps (the one whose code gave the answer, the final answer) and
     `finish`, committed together: they are written an instant apart."""
     if db.is_sqlite or execution.webhook_url:
@@ -445,6 +455,9 @@ async def end(
                 event = await record_step(conn, execution, step, now=now)
                 events.extend([event] if event else [])
             events.extend(await finish(conn, execution, outcome, now=now))
-            return events
+            return Ended(events)
     async with db.connect() as conn:
-        return await pg_writes.finish(conn, execution, outcome, final_steps=final_steps, now=now)
+        events, row = await pg_writes.finish(
+            conn, execution, outcome, final_steps=final_steps, now=now
+        )
+    return Ended(events, row)

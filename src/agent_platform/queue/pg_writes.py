@@ -91,6 +91,7 @@ SELECT event_seq FROM fence
 # their events' data), usually the action step whose code gave the answer and the final-answer
 # step, stored as RECORD_STEP stores each, then the end itself: $21 status, $22 result, $23
 # error, $24 error code, $25 stop reason; events: the steps', then status ($26) and done ($27).
+# It returns the execution's row as committed, which the end's notification can carry.
 FINISH = f"""
 WITH input AS (
     SELECT * FROM unnest({", ".join(f"{param}[]" for param in _STEP_PARAMS)},
@@ -122,7 +123,7 @@ WITH input AS (
         event_seq = event_seq + counted.steps + 2
     FROM counted
     WHERE id = $1::uuid AND attempt = $2::int AND status = 'running'
-    RETURNING event_seq, tenant_id, counted.steps
+    RETURNING executions.*, counted.steps AS counted_steps
 ), completed AS (
     UPDATE steps SET {", ".join(f"{c} = v.{c}" for c in _STEP_NAMES[1:])}
     FROM input AS v
@@ -134,14 +135,14 @@ WITH input AS (
     FROM fence, input AS v WHERE v.step NOT IN (SELECT step FROM prior)
 ), event AS (
     INSERT INTO events (execution_id, seq, tenant_id, type, data, created_at)
-    SELECT $1::uuid, fence.event_seq - fence.steps - 2 + v.ord, fence.tenant_id, 'step',
+    SELECT $1::uuid, fence.event_seq - fence.counted_steps - 2 + v.ord, fence.tenant_id, 'step',
            v.event, $3::timestamptz
     FROM fence, input AS v
     UNION ALL
     SELECT $1::uuid, fence.event_seq - v.back, fence.tenant_id, v.type, v.data, $3::timestamptz
     FROM fence, (VALUES (1, 'status', $26::json), (0, 'done', $27::json)) AS v (back, type, data)
 )
-SELECT event_seq FROM fence
+SELECT * FROM fence
 """
 
 
@@ -179,16 +180,17 @@ async def record_step(
 async def finish(
     conn: AsyncConnection, execution: Execution, outcome: RunOutcome, *,
     final_steps: Sequence[StepRecord], now: datetime,
-) -> list[Event]:  # fmt: skip
+) -> tuple[list[Event], Execution]:  # fmt: skip
     """`jobs.record_step` for each of the run's last steps, and `jobs.finish`, in one
-    statement."""
+    statement. Returns the events and the execution's row as the statement left it (its
+    steps not attached)."""
     status = outcome.status.value
     (status_seq, status_type, status_data), (done_seq, done_type, done_data) = (
         event_log.status_events(0, status, final=True)
     )
     step_data = [_step_event(step, execution.attempt) for step in final_steps]
     columns = [list(column) for column in zip(*map(_step_args, final_steps), strict=True)]
-    seq = await fastpath.fetchval(
+    records = await fastpath.fetch(
         conn,
         FINISH,
         execution.id, execution.attempt, now,
@@ -198,8 +200,9 @@ async def finish(
         outcome.stop_reason.value if outcome.stop_reason else None,
         json_dumps(status_data), json_dumps(done_data),
     )  # fmt: skip
-    if seq is None:
+    if not records:
         raise LeaseLost(execution.id)
+    seq = records[0]["event_seq"]
     first = seq - len(final_steps) - 2 + 1
     out = [
         Event(seq=first + i, type=EventType.STEP, data=data, created_at=now)
@@ -207,7 +210,7 @@ async def finish(
     ]
     out.append(Event(seq=seq + status_seq, type=status_type, data=status_data, created_at=now))
     out.append(Event(seq=seq + done_seq, type=done_type, data=done_data, created_at=now))
-    return out
+    return out, execution_from_row(fastpath.Row(records[0]))
 
 
 _CLAIM_SQL: dict[str, str] = {}

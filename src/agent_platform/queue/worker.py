@@ -286,7 +286,9 @@ class Worker:
                     return
             outcome = await run
             await writer.flush()
-            await self._finish(execution, outcome, final_steps=writer.final_steps)
+            await self._finish(
+                execution, outcome, final_steps=writer.final_steps, steps=writer.completed
+            )
         except LeaseLost:
             writer.discard()
             log.warning("execution %s attempt %d was fenced out", execution.id, execution.attempt)
@@ -352,11 +354,23 @@ class Worker:
             await notify(self.bus, execution.id, [event])
 
     async def _finish(
-        self, execution: Execution, outcome: RunOutcome, *, final_steps: Sequence[StepRecord] = ()
+        self,
+        execution: Execution,
+        outcome: RunOutcome,
+        *,
+        final_steps: Sequence[StepRecord] = (),
+        steps: Sequence[StepRecord] | None = None,
     ) -> None:
-        """The run's last steps (if any) and the end, in one transaction."""
-        events = await jobs.end(self.db, execution, outcome, final_steps=final_steps, now=utcnow())
-        await notify(self.bus, execution.id, events)
+        """The run's last steps (if any) and the end, in one transaction. With `steps` (all
+        this attempt completed) and a first attempt, whose steps are all its own, the end's
+        notification carries the execution as committed."""
+        ended = await jobs.end(self.db, execution, outcome, final_steps=final_steps, now=utcnow())
+        committed = ended.row
+        if committed is not None and steps is not None and committed.attempt == 1:
+            committed.steps = [StoredStep.of(step, committed.attempt) for step in steps]
+        else:
+            committed = None
+        await notify(self.bus, execution.id, ended.events, ended=committed)
         if execution.session_id is not None:  # the session's next turn may be queued behind it
             await self.bus.publish(WAKE_CHANNEL, {"reason": "session turn ended"})
         if execution.webhook_url:
@@ -409,8 +423,11 @@ class _StepWriter:
         self.pending: concurrent.futures.Future[None] | None = None
         self.due: _DuePartial | None = None  # loop side only
         self.final_steps: list[StepRecord] = []
+        self.completed: list[StepRecord] = []  # every step record that is not partial
 
     def write(self, step: StepRecord) -> None:
+        if not step.partial:
+            self.completed.append(step)
         if step.type is StepType.FINAL_ANSWER or (step.ends_run and not step.partial):
             self.final_steps.append(step)
             return

@@ -27,7 +27,7 @@ from agent_platform.runtime.providers import Providers
 from agent_platform.store import idempotency, repos
 from agent_platform.store import sessions as session_repo
 from agent_platform.store.db import Database
-from agent_platform.store.event_log import Event, notify
+from agent_platform.store.event_log import Event, ended_execution, notify
 from agent_platform.tools.registry import ToolRegistry
 
 OnBusy = Literal["enqueue", "reject", "interrupt"]
@@ -172,10 +172,11 @@ class ExecutionService:
         )
         if existing is not None:  # an earlier request with this Idempotency-Key made it
             if waiting is not None and not existing.status.is_final:
-                await self.wait(tenant_id, existing.id, waiting[2])
+                existing = await self.wait(tenant_id, existing.id, waiting[2]) or existing
             return Submitted(existing, replayed=True)
         if waiting is not None:
-            await self.wait(tenant_id, execution.id, waiting[2], events=waiting[1])
+            ended = await self.wait(tenant_id, execution.id, waiting[2], events=waiting[1])
+            return Submitted(ended or execution)
         return Submitted(execution)
 
     async def _insert(
@@ -289,15 +290,16 @@ class ExecutionService:
         execution_id: str,
         timeout_s: float | None,
         events: asyncio.Queue[dict[str, Any]] | None = None,
-    ) -> None:
+    ) -> Execution | None:
         """Until the execution is final: woken by the bus, re-checking the database every
         POLL_INTERVAL_S (a lost notification only delays). With `events`, the caller
-        subscribed before the execution could end, so no first check is needed."""
+        subscribed before the execution could end, so no first check is needed. Returns
+        the execution as committed when the end's notification carried it (else None: the
+        caller reads it)."""
         if events is None:
             async with self.bus.subscribe(execution_channel(execution_id)) as subscribed:
-                await self._wait(tenant_id, execution_id, timeout_s, subscribed, check=True)
-        else:
-            await self._wait(tenant_id, execution_id, timeout_s, events, check=False)
+                return await self._wait(tenant_id, execution_id, timeout_s, subscribed, check=True)
+        return await self._wait(tenant_id, execution_id, timeout_s, events, check=False)
 
     async def _wait(
         self,
@@ -307,7 +309,7 @@ class ExecutionService:
         events: asyncio.Queue[dict[str, Any]],
         *,
         check: bool,
-    ) -> None:
+    ) -> Execution | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s or self.settings.sync_wait_s)
         poll_s = max(0.5, self.settings.poll_interval_s)
@@ -316,10 +318,10 @@ class ExecutionService:
                 async with self.db.connect() as conn:
                     status = await repos.get_status(conn, tenant_id, execution_id)
                 if status is None or ExecutionStatus(status).is_final:
-                    return
+                    return None
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return
+                return None
             try:
                 message = await asyncio.wait_for(events.get(), timeout=min(poll_s, remaining))
             except TimeoutError:
@@ -327,7 +329,7 @@ class ExecutionService:
                 continue
             check = not ExecutionStatus(message.get("status", "running")).is_final
             if not check:
-                return
+                return ended_execution(message, tenant_id, execution_id)
 
     async def cancel(self, tenant_id: str, execution_id: str) -> Execution:
         """Queued → cancelled at once; running → stopped by its worker (at once when its

@@ -7,15 +7,18 @@ events only reference their step; readers render it from the steps table.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent_platform.domain import execution_channel
+from agent_platform.domain import Execution, execution_channel
 from agent_platform.events import EventBus
 from agent_platform.store import fastpath
 from agent_platform.store.repos import as_utc
@@ -27,6 +30,12 @@ class EventType(StrEnum):
     STATUS = "status"  # every status transition
     STEP = "step"  # a step was recorded: {"step", "attempt"}
     DONE = "done"  # the end: readers send the whole execution
+
+
+# An end's notification carries the execution up to this size (the steps' text included);
+# a larger one is read back from the database by whoever waits for it.
+ENDED_MAX_BYTES = 64 * 1024
+_EXECUTION = TypeAdapter(Execution)
 
 
 @dataclass(frozen=True)
@@ -147,13 +156,37 @@ async def after(
     ]
 
 
-async def notify(bus: EventBus, execution_id: str, appended: list[Event]) -> None:
-    """After commit: tell live readers (SSE streams, waiting requests) what was appended."""
+async def notify(
+    bus: EventBus, execution_id: str, appended: list[Event], *, ended: Execution | None = None
+) -> None:
+    """After commit: tell live readers (SSE streams, waiting requests) what was appended.
+    With `ended` (the execution as committed, steps included), the end's notification
+    carries it, so that a request waiting for it can answer without reading it back."""
     if not appended:
         return
     done = next((dict(e.data) for e in appended if e.type is EventType.DONE), None)
+    if done is not None and ended is not None:
+        with contextlib.suppress(TypeError):  # what orjson cannot encode is read back instead
+            encoded = orjson.dumps(ended, option=orjson.OPT_NON_STR_KEYS)
+            if len(encoded) <= ENDED_MAX_BYTES:
+                done["execution"] = orjson.Fragment(encoded)
     await bus.append(
         execution_channel(execution_id),
         *({"seq": event.seq, "type": event.type.value} for event in appended),
         publish=done,  # waiting requests learn of the end in the same round trip
     )
+
+
+def ended_execution(message: dict[str, Any], tenant_id: str, execution_id: str) -> Execution | None:
+    """The execution an end's notification carries (see `notify`), if it carries this
+    tenant's `execution_id` in a final state; otherwise None, and the caller reads it."""
+    data = message.get("execution")
+    if not isinstance(data, dict):
+        return None
+    try:
+        execution = _EXECUTION.validate_python(data)
+    except ValidationError:
+        return None
+    if (execution.id, execution.tenant_id) != (execution_id, tenant_id):
+        return None
+    return execution if execution.status.is_final else None
