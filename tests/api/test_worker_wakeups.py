@@ -14,6 +14,7 @@ import pytest
 from agent_platform.config import Settings
 from agent_platform.container import Platform
 from agent_platform.domain import WAKE_CHANNEL
+from agent_platform.services.executions import Submission
 from tests.conftest import make_settings
 from tests.fakes.llm_server import FakeLLMServer, Text, code, final
 
@@ -135,6 +136,43 @@ async def test_a_new_executions_wake_up_is_acted_on_by_one_worker(settings: Sett
         for platform in platforms:
             await platform.bus.close()
             await platform.db.dispose()
+
+
+@pytest.mark.parametrize("settings", [4], indirect=True)
+async def test_a_wake_up_for_what_a_claim_took_starts_no_other_claim(
+    settings: Settings, llm: FakeLLMServer
+) -> None:
+    """A claim takes every queued execution it has room for, including those committed while
+    their wake-ups were on the way. Such a wake-up, heard while that claim ran or after it,
+    starts no second claim (it would find nothing); one for an execution it did not take
+    does."""
+    platform = Platform(settings)
+    await platform.start(migrate_schema=True)
+    worker = platform.make_worker()
+    heard: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    listening = asyncio.create_task(worker._listen(heard))
+    try:
+        ids = []
+        for i in range(2):
+            kw = f"late-{uuid.uuid4().hex[:8]}"
+            llm.script(kw, [final(f"'done {i}'")])
+            sub = Submission(task=kw, tools=[])
+            ids.append((await platform.executions.submit(settings.tenant.id, sub)).execution.id)
+        worker._wake_up(ids[0])  # heard while the claim below runs
+        assert await worker._claim_and_start() == 2
+        assert not worker._wake.is_set()
+        other = str(uuid.uuid4())  # committed after the claim: it did not take it
+        await heard.put({"execution_id": ids[1]})  # heard after it
+        await heard.put({"execution_id": other})
+        for _ in range(100):
+            if worker._wake.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert worker._wanted == {other}
+    finally:
+        listening.cancel()
+        await worker.stop(grace_s=5)
+        await platform.close(grace_s=5)
 
 
 @pytest.mark.parametrize("settings", [4], indirect=True)

@@ -85,6 +85,9 @@ class Worker:
         # spare threads: an agent stuck in code it cannot leave keeps its thread for a while
         self._threads = ThreadPoolExecutor(self.concurrency * 2, thread_name_prefix="agent")
         self._wake = asyncio.Event()
+        # what the wake-ups heard since the current claim began were for: execution ids, and
+        # None for those that ask for a claim whatever it finds (a requeue, a freed slot)
+        self._wanted: set[str | None] = set()
         self._taken = 0  # wake-ups for new executions taken since the last claim
         # work may be waiting for a slot: a wake-up came while full, or a claim filled us up
         self._backlog = False
@@ -119,7 +122,7 @@ class Worker:
         """Drain: stop claiming; each running execution finishes its current step (up to
         `grace_s`), records it and goes back to the queue, where another worker resumes it."""
         self._stopping.set()
-        self._wake.set()
+        self._wake_up()
         for signal in self._signals.values():
             signal.set(StopReason.DRAIN)
         if self.active:
@@ -136,20 +139,31 @@ class Worker:
         acted on by one worker with room (each of the others would run a claim that finds
         nothing); the others (a requeue, a release, a worker that filled up before claiming
         all it took) wake every worker with room. A full worker notes that work may be
-        waiting, and claims when a slot frees; otherwise a freed slot waits for a wake-up."""
+        waiting, and claims when a slot frees; otherwise a freed slot waits for a wake-up. A
+        wake-up for what a claim already took (it committed while the claim ran) is dropped:
+        another claim would find nothing."""
         while True:
             message = await wakeups.get()
             if self._stopping.is_set():
                 continue
+            execution_id = message.get("execution_id")
+            for_one = execution_id is not None and "reason" not in message
+            if execution_id in self.active:  # a claim took it before its wake-up came
+                if for_one and await self._has_peers():  # so that no other worker claims for it
+                    await self.bus.take(f"wake:{execution_id}", WAKE_TAKE_TTL_S)
+                continue
             if len(self.active) >= self.concurrency:
                 self._backlog = True
                 continue
-            execution_id = message.get("execution_id")
-            if execution_id is not None and "reason" not in message and await self._has_peers():
+            if for_one and await self._has_peers():
                 if not await self.bus.take(f"wake:{execution_id}", WAKE_TAKE_TTL_S):
                     continue
                 self._taken += 1
-            self._wake.set()
+            self._wake_up(execution_id)
+
+    def _wake_up(self, execution_id: str | None = None) -> None:
+        self._wanted.add(execution_id)
+        self._wake.set()
 
     async def _has_peers(self) -> bool:
         """Whether other workers listen too (counted every few seconds): alone, a worker takes
@@ -171,6 +185,7 @@ class Worker:
     async def _loop(self, burst: bool) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
+            self._wanted.clear()
             claimed = 0
             try:
                 await self._maybe_reap()
@@ -227,6 +242,9 @@ class Worker:
             )
             self.active[execution.id] = task
             task.add_done_callback(lambda _t, eid=execution.id: self._done(eid))
+        self._wanted.difference_update(execution.id for execution, _ in claimed)
+        if not self._wanted:  # every wake-up heard meanwhile was for what this claim took
+            self._wake.clear()
         return len(claimed)
 
     async def _pass_on(self) -> None:
@@ -241,7 +259,7 @@ class Worker:
         self._claimed.pop(execution_id, None)
         if (was_full and self._backlog) or self._burst:  # work may be waiting; a burst may end
             self._backlog = False
-            self._wake.set()
+            self._wake_up()
 
     async def _execute(self, execution: Execution, claimed_events: list[Event]) -> None:
         loop = asyncio.get_running_loop()
