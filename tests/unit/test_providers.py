@@ -154,9 +154,14 @@ def test_anthropic_call_usage_and_stop_sequences(
     assert "temperature" not in request and "thinking" not in request
 
 
-def test_malformed_reply_is_a_provider_error(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
+@pytest.mark.parametrize(
+    "raw_body", ['{"type": "message", "content": "not blocks"}', "not JSON", '["a list"]']
+)
+def test_malformed_reply_is_a_provider_error(
+    llm: FakeLLMServer, providers_of: ProvidersOf, raw_body: str
+) -> None:
     kw = uuid.uuid4().hex
-    llm.script(kw, [Text("", raw_body='{"type": "message", "content": "not blocks"}')])
+    llm.script(kw, [Text("", raw_body=raw_body)])
     model = providers_of(settings(llm)).build("claude-sonnet-5-5", threading.Event())
     with pytest.raises(ProviderError, match="malformed response") as caught:
         model.generate(conversation(kw))

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import anthropic
 import openai
-import orjson
 from smolagents.models import (
     ChatMessage,
     MessageRole,
@@ -256,7 +255,7 @@ class AnthropicModel(PlatformModel):
             request["thinking"] = {"type": "adaptive"}
             request["output_config"] = {"effort": self.thinking_effort}
         try:
-            body = orjson.loads(self._wait_for(self._send(request)))
+            body = self._wait_for(self._send(request))
             usage = body["usage"]
             text = "".join(
                 block.get("text", "") for block in body["content"] if block.get("type") == "text"
@@ -272,13 +271,16 @@ class AnthropicModel(PlatformModel):
             ) from exc
         return ChatMessage(role=MessageRole.ASSISTANT, content=text, token_usage=tokens)
 
-    async def _send(self, request: dict[str, Any]) -> bytes:
-        """The raw response: the SDK still builds, sends, authenticates and raises typed
-        errors, but skips validating the reply into pydantic models (~0.2 ms per call), of
-        which we read three fields."""
+    async def _send(self, request: dict[str, Any]) -> Any:
+        """The reply as parsed JSON, through the SDK's generic `post` (its documented way to
+        send a plain body to an endpoint): the SDK still authenticates, sends, applies the
+        timeout and raises typed errors, but neither walks the request through its
+        typed-parameters transform nor validates the reply into pydantic models, of which we
+        read three fields (0.1-0.2 ms of CPU per call less than `messages.create`)."""
         timeout = self.call_timeout_s(self.client.timeout)  # type: ignore[arg-type]
-        raw = await self.client.messages.with_raw_response.create(**request, timeout=timeout)
-        return await raw.http_response.aread()
+        return await self.client.post(
+            "/v1/messages", body=request, cast_to=object, options={"timeout": timeout}
+        )
 
 
 ASSISTANT_ROLES = frozenset({MessageRole.ASSISTANT, MessageRole.TOOL_CALL})
