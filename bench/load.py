@@ -10,6 +10,7 @@ consumed itself, which on a 2-core machine is CPU the platform did not get.
   `poll_interval_s` until final) and `stream` (SSE until `done`; the arrival time of the first
   `step` event is recorded on the wall clock, to compare with the provider's log).
   Slots are spread round-robin over `urls` (several api processes, no load balancer).
+* Both send `headers` (from `bench/run.py --header`, an API key say) with every request.
 * `open` loop: requests sent on a fixed schedule (`rate` per second) whatever the answers do;
   latency counts from the *scheduled* send time, so a server that falls behind cannot hide it
   by slowing the client down (no coordinated omission). It uses `bench.rawhttp` instead of
@@ -136,8 +137,11 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     # Made before the clock starts: each client builds an SSL context (~15 ms of CPU), which
     # inside the timed loop would hold up every request already sent, c times over.
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    headers: dict[str, str] = cfg.get("headers") or {}
     clients = [
-        httpx.AsyncClient(base_url=urls[i % len(urls)], timeout=timeout, limits=limits)
+        httpx.AsyncClient(
+            base_url=urls[i % len(urls)], timeout=timeout, limits=limits, headers=headers
+        )
         for i in range(c)
     ]
     try:
@@ -170,7 +174,7 @@ async def open_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     warmup = float(cfg.get("warmup_s", 1.0))
     paths: list[tuple[str, str]] = [(kind, path) for kind, path in cfg["paths"]]
     total = int(rate * (duration + warmup))
-    pool = Pool(cfg["urls"], int(cfg.get("connections_per_url", 32)))
+    pool = Pool(cfg["urls"], int(cfg.get("connections_per_url", 32)), cfg.get("headers") or {})
     by_kind: dict[str, list[float]] = {}
     service: list[float] = []
     errors: list[str] = []

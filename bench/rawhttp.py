@@ -4,7 +4,8 @@ Why not httpx there: at a fixed 500 requests/s httpx.AsyncClient spent about 1.2
 per request (11 s of CPU in a 6 s run with many connections in its pool), i.e. the load
 generator alone used most of the 2 cores the platform under test needed. This client costs a
 small fraction of that, so the read-path latencies measure the server. It speaks only what
-the benchmark needs: GET, `Content-Length` or chunked bodies, keep-alive.
+the benchmark needs: GET (with the benchmark's extra headers), `Content-Length` or chunked
+bodies, keep-alive.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ class HttpError(Exception):
 class Connection:
     """One persistent connection; not for concurrent use (the pool hands it to one caller)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
         url = urlsplit(base_url)
         if url.scheme != "http" or not url.hostname:
             raise ValueError(f"unsupported URL {base_url!r}")
         self.host = url.hostname
         self.port = url.port or 80
+        extra = {"Accept": "application/json", **(headers or {})}
+        self._head = "".join(f"{name}: {value}\r\n" for name, value in extra.items())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -39,8 +42,7 @@ class Connection:
         for attempt in (1, 2):
             reader, writer = await self._connect()
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                "Accept: application/json\r\n\r\n".encode()
+                f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self._head}\r\n".encode()
             )
             try:
                 await writer.drain()
@@ -95,9 +97,11 @@ class Pool:
     """A fixed number of connections per base URL; callers queue for a free one (in an open
     loop that queueing is part of the latency, as it would be in any client)."""
 
-    def __init__(self, base_urls: list[str], per_url: int) -> None:
+    def __init__(
+        self, base_urls: list[str], per_url: int, headers: dict[str, str] | None = None
+    ) -> None:
         # interleaved: consecutive requests go to different urls
-        self._all = [Connection(url) for _ in range(per_url) for url in base_urls]
+        self._all = [Connection(url, headers) for _ in range(per_url) for url in base_urls]
         self._free: asyncio.Queue[Connection] = asyncio.Queue()
         for conn in self._all:
             self._free.put_nowait(conn)

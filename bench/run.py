@@ -64,8 +64,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the platform's processes through bench.gctrace and report GC pauses",
     )
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=header,
+        metavar="'NAME: VALUE'",
+        help="a header every request of the load generators carries (an API key, say); repeatable",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/.md go")
     return p.parse_args(argv)
+
+
+def header(text: str) -> tuple[str, str]:
+    """`--header 'Authorization: Bearer …'` → (name, value)."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected 'NAME: VALUE', got {text!r}")
+    return name.strip(), value.strip()
 
 
 def _interrupt(signum: int, frame: Any) -> NoReturn:
@@ -102,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         pg_database(f"bench_{rid}") as database,
         redis_namespace(f"bench_{rid}") as namespace,
     ):
-        bench = Bench(plan, topology, groups, Path(tmp), database, namespace)
+        bench = Bench(
+            plan, topology, groups, Path(tmp), database, namespace, headers=dict(args.header)
+        )
         print(
             f"# bench run {rid}: {'quick' if plan.quick else 'full'}; groups "
             f"{','.join(g for g in ALL_GROUPS if g in groups)}; server mode: "

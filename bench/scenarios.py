@@ -66,8 +66,11 @@ class Bench:
         run_dir: Path,
         database: Database,
         namespace: str,
+        *,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.plan = plan
+        self.headers = headers or {}  # on every request of the load generators
         self.topology = topology
         self.groups = groups
         self.run_dir = run_dir
@@ -183,6 +186,7 @@ class Bench:
             "task_prefix": f"bench {key}",
             "timeout_s": 120,
             "poll_interval_s": 0.02,
+            "headers": self.headers,
         }
         probe_ms = cpu_probe_ms()
         self.sampler.reset()
@@ -529,7 +533,7 @@ class Bench:
 
         idle_mb, idle_procs = measure()
         ids: list[str] = []
-        with httpx.Client(base_url=platform.api_urls[0], timeout=30) as http:
+        with httpx.Client(base_url=platform.api_urls[0], timeout=30, headers=self.headers) as http:
             for k in range(c):
                 body = {"task": f"bench pss #{k}: what is 2 + 2?", "tools": [], "background": True}
                 ids.append(http.post(EXECUTE, json=body).raise_for_status().json()["execution_id"])
@@ -612,6 +616,7 @@ class Bench:
                 # and prepare its statements on each: seconds of start-up, not steady state
                 "warmup_s": 3.0,
                 "paths": datascale.request_paths(plan.rows, 1000),
+                "headers": self.headers,
             }
             self.sampler.reset()
             meter.start()
