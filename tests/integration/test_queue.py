@@ -313,3 +313,33 @@ async def test_worker_writes_are_fenced(db: Database) -> None:
     row, steps, _ = await _stored(db, ex.id)
     assert row[:2] == (ExecutionStatus.COMPLETED, "fresh")
     assert [(s[0], s[1]) for s in steps] == [(2, 1)]
+
+
+async def test_sqlite_writers_take_turns_in_order(db: Database) -> None:
+    """On SQLite a process's write transactions run one at a time, in the order they asked
+    (a writer polling for SQLite's lock could otherwise wait for a second while later ones
+    got in); on PostgreSQL they run side by side."""
+    entered: list[int] = []
+    open_now = peak = 0
+
+    async def write(k: int) -> None:
+        nonlocal open_now, peak
+        async with db.begin() as conn:
+            entered.append(k)
+            open_now += 1
+            peak = max(peak, open_now)
+            await repos.insert_execution(conn, new_execution())
+            await asyncio.sleep(0.01)  # the transaction holds on while others ask
+            open_now -= 1
+
+    writers = []
+    for k in range(8):
+        writers.append(asyncio.create_task(write(k)))
+        await asyncio.sleep(0)  # asks in this order
+    await asyncio.gather(*writers)
+    if db.is_sqlite:
+        assert peak == 1 and entered == list(range(8))
+    else:
+        assert peak > 1
+    async with db.connect() as conn:
+        assert (await repos.list_executions(conn, TENANT, status=None, limit=1, offset=0))[1] == 8

@@ -83,12 +83,28 @@ class Database:
                 connect_args={"command_timeout": 30, "timeout": 5},
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # SQLite lets one transaction write at a time, and a writer that finds the lock
+        # taken polls for it with growing sleeps (up to 100 ms each), so under concurrent
+        # writes one could wait for a second while others kept getting in. This process's
+        # transactions queue here instead, in order; the lock then only meets writers of
+        # other processes (the CLI).
+        self._sqlite_writer = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction; committed on success, rolled back on error."""
+        """One transaction; committed on success, rolled back on error. On SQLite, one at a
+        time per process (so never nest them)."""
+        if self._sqlite_writer is None:
+            async with self._transaction() as conn:
+                yield conn
+            return
+        async with self._sqlite_writer, self._transaction() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.begin() as conn:
                 yield conn
