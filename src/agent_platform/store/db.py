@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +96,16 @@ class Database:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction; committed on success, rolled back on error. On SQLite, one at a
         time per process (so never nest them)."""
-        if self._sqlite_writer is None:
-            async with self._transaction() as conn:
-                yield conn
-            return
-        async with self._sqlite_writer, self._transaction() as conn:
-            yield conn
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.begin() as conn:
-                yield conn
-        except Exception as exc:
-            if _is_unavailable(exc):
-                raise ServiceUnavailable("the database is unavailable; try again shortly") from exc
-            raise
+        async with self._sqlite_writer or nullcontext():
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            except Exception as exc:
+                if _is_unavailable(exc):
+                    raise ServiceUnavailable(
+                        "the database is unavailable; try again shortly"
+                    ) from exc
+                raise
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
