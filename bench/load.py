@@ -10,6 +10,8 @@ consumed itself, which on a 2-core machine is CPU the platform did not get.
   `poll_interval_s` until final) and `stream` (SSE until `done`; the arrival time of the first
   `step` event is recorded on the wall clock, to compare with the provider's log).
   Slots are spread round-robin over `urls` (several api processes, no load balancer).
+  With `timeline`, each execution's id, slot and send and answer times (wall clock) come
+  back too, for `bench.timeline`.
 * Both send `headers` (from `bench/run.py --header`, an API key say) with every request.
 * `open` loop: requests sent on a fixed schedule (`rate` per second) whatever the answers do;
   latency counts from the *scheduled* send time, so a server that falls behind cannot hide it
@@ -118,21 +120,29 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     details: list[dict[str, Any]] = []
     timeout = httpx.Timeout(float(cfg["timeout_s"]), connect=10)
 
-    async def slot(client: httpx.AsyncClient, done: list[float]) -> None:
+    async def slot(index: int, client: httpx.AsyncClient, done: list[float]) -> None:
         for k in counter:  # bounded: every slot stops once n executions were started
             if k >= n:
                 return
             task = f"{cfg['task_prefix']} #{k}: what is 2 + 2?"
-            t0 = time.perf_counter()
+            sent_wall, t0 = time.time(), time.perf_counter()
             try:
                 extra = await runner(client, task, cfg)
             except (Failed, httpx.HTTPError, ValueError, KeyError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 continue
-            ended = time.perf_counter()
+            ended, answered_wall = time.perf_counter(), time.time()
             latencies.append((ended - t0) * 1000)
             done.append(ended)
-            details.append({"task": task, **extra})
+            details.append(
+                {
+                    "task": task,
+                    "slot": index,
+                    "sent_wall": sent_wall,
+                    "answered_wall": answered_wall,
+                    **extra,
+                }
+            )
 
     # Made before the clock starts: each client builds an SSL context (~15 ms of CPU), which
     # inside the timed loop would hold up every request already sent, c times over.
@@ -146,8 +156,8 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     ]
     try:
         started, cpu_started = time.perf_counter(), time.process_time()
-        slots = zip(clients, completions, strict=True)
-        await asyncio.gather(*(slot(client, done) for client, done in slots))
+        slots = enumerate(zip(clients, completions, strict=True))
+        await asyncio.gather(*(slot(i, client, done) for i, (client, done) in slots))
         wall, cpu_run = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         for client in clients:
@@ -164,7 +174,7 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
         "steady": steady_throughput(completions),
         **latency_summary(latencies),
     }
-    if mode == "stream":
+    if mode == "stream" or cfg.get("timeline"):  # per execution, on the wall clock
         out["details"] = details
     return out
 

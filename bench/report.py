@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench import timeline
+
 Results = dict[str, Any]
 
 
@@ -244,6 +246,29 @@ def scenario_table(scenarios: dict[str, dict[str, Any]]) -> str:
             f"| {_ratio(s.get('vs_raw_smolagents'))} | {rss_text} | {_cpu(s)} "
             f"| {s.get('machine_noise_pct', '—')} %, {s.get('cpu_probe_ms', '—')} |"
         )
+    return "\n".join(out)
+
+
+def timeline_table(scenarios: dict[str, dict[str, Any]]) -> str:
+    """Markdown: where the executions of each waiting server-mode scenario spent their time
+    (steady state, mean and p50 in ms), one column per scenario; empty without any."""
+    measured = {
+        key: s["timeline"]
+        for key, s in scenarios.items()
+        if s.get("timeline", {}).get("executions")
+    }
+    if not measured:
+        return ""
+    out = [
+        "| stretch (steady state; mean / p50 ms) | "
+        + " | ".join(f"{key} (n={t['executions']})" for key, t in measured.items())
+        + " |",
+        "|---" * (len(measured) + 1) + "|",
+    ]
+    labels = dict(timeline.STRETCHES) | {"total": "end to end"}
+    for name, label in labels.items():
+        cells = [f"{t['mean_ms'][name]} / {t['p50_ms'][name]}" for t in measured.values()]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

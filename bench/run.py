@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.scenario_table(results["scenarios"]))
     print()
+    if where := report.timeline_table(results["scenarios"]):
+        print(where, end="\n\n")
     print(report.text_table(results["targets"]))
     print(summary_lines(results))
     print(f"\nresults: {args.out / 'latest.json'}, {args.out / 'latest.md'}; errors: {errors}")
@@ -252,6 +254,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         report.markdown_table(results["targets"]),
         "",
         report.scenario_table(results["scenarios"]),
+        "",
+        report.timeline_table(results["scenarios"]),
         "",
         report.details(results),
         "",

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from bench import baselines, datascale, gctrace, profile
+from bench import baselines, datascale, gctrace, profile, timeline
 from bench.infra import REDIS_URL, Database
 from bench.memory import (
     CpuMeter,
@@ -173,8 +173,10 @@ class Bench:
         keep_log: bool = False,
     ) -> dict[str, Any]:
         """A closed-loop run through the load generator; emits and returns its line (with
-        the provider's request log when `keep_log`)."""
+        the provider's request log when `keep_log`). A measured server-mode run that waits
+        also says where its executions' time went (`bench.timeline`)."""
         key = f"{platform.mode}/{mode}/c{c}/{provider.latency_ms:g}ms{tag}"
+        with_timeline = platform.mode == "server" and mode == "wait" and not warmup
         cpu_groups = self._instrument(platform, provider)
         meter = CpuMeter(cpu_groups)
         cfg = {
@@ -187,6 +189,7 @@ class Bench:
             "timeout_s": 120,
             "poll_interval_s": 0.02,
             "headers": self.headers,
+            "timeline": with_timeline,
         }
         probe_ms = cpu_probe_ms()
         self.sampler.reset()
@@ -239,10 +242,12 @@ class Bench:
         }
         if gc_pauses:
             line["gc_pauses_over_20ms"] = gc_pauses
+        if with_timeline:
+            line["timeline"] = timeline.measure(self.database.dsn, out.get("details", []))
         if warmup:
             line["warmup"] = True
         self.emit(key, line)
-        if "details" in out:
+        if "details" in out and mode == "stream":
             line["details"] = out["details"]
         if provider_log is not None:
             line["provider_log"] = provider_log

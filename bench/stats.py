@@ -25,6 +25,16 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
+def steady_window(completions: Sequence[Sequence[float]]) -> tuple[float, float] | None:
+    """(start, end): from the moment the last client finished its first execution until the
+    first client finished its last one; None when some client finished fewer than two."""
+    if not completions or any(len(times) < 2 for times in completions):
+        return None
+    start = max(times[0] for times in completions)
+    end = min(times[-1] for times in completions)
+    return (start, end) if end > start else None
+
+
 def steady_throughput(completions: Sequence[Sequence[float]]) -> dict[str, float] | None:
     """Executions per second while every client had one in flight: from the moment the last
     client finished its first execution until the first client finished its last one.
@@ -34,12 +44,12 @@ def steady_throughput(completions: Sequence[Sequence[float]]) -> dict[str, float
     executions waiting on the provider together, then all wanting the CPU together), and at
     the end fewer than `c` executions are in flight; the whole run's figure includes both.
     None when the window holds too few completions to mean anything."""
-    if not completions or any(len(times) < 2 for times in completions):
+    window = steady_window(completions)
+    if window is None:
         return None
-    start = max(times[0] for times in completions)
-    end = min(times[-1] for times in completions)
+    start, end = window
     done = sum(1 for times in completions for t in times if start < t <= end)
-    if end <= start or done < 4 * len(completions):
+    if done < 4 * len(completions):
         return None
     return {"throughput": round(done / (end - start), 2), "window_s": round(end - start, 3)}
 

@@ -52,6 +52,11 @@ def test_quick_benchmark_runs_without_errors(tmp_path: Path) -> None:
             assert line["ok"] == line["n"], line
     missing = EXPECTED - {line["scenario"] for line in lines}
     assert not missing, missing
+    # every measured server-mode wait run says where its executions' time went
+    waits = [
+        ln for ln in lines if ln["scenario"].startswith("server/wait/") and not ln.get("warmup")
+    ]
+    assert waits and all(ln["timeline"]["executions"] > 0 for ln in waits), waits
     results = json.loads((tmp_path / "latest.json").read_text())
     assert results["errors"] == 0
     assert {row["target"] for row in results["targets"]}
