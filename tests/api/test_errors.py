@@ -153,5 +153,14 @@ async def test_database_down_is_503_on_writes_and_readiness(
                 error = error_of(response, 503)
                 assert error["code"] == "service_unavailable"
                 assert response.headers["retry-after"]
+                # a transaction (an Idempotency-Key's insert) and a read: the same answer
+                keyed = await c.post(
+                    EXECUTE,
+                    json={"task": "x", "background": True},
+                    headers={"Idempotency-Key": "db-down"},
+                )
+                assert error_of(keyed, 503)["code"] == "service_unavailable"
+                listed = await c.get("/api/v1/agent/executions")
+                assert error_of(listed, 503)["code"] == "service_unavailable"
             finally:
                 await admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")

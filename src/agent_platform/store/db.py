@@ -54,6 +54,17 @@ def _is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+@asynccontextmanager
+async def _unavailable_as_503() -> AsyncIterator[None]:
+    """A database that cannot be reached is the client's 503 (try again), not a 500."""
+    try:
+        yield
+    except Exception as exc:
+        if _is_unavailable(exc):
+            raise ServiceUnavailable("the database is unavailable; try again shortly") from exc
+        raise
+
+
 class Database:
     """Owns the async engine. `begin()` yields a connection inside one transaction."""
 
@@ -96,27 +107,18 @@ class Database:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction; committed on success, rolled back on error. On SQLite, one at a
         time per process (so never nest them)."""
-        async with self._sqlite_writer or nullcontext():
-            try:
-                async with self.engine.begin() as conn:
-                    yield conn
-            except Exception as exc:
-                if _is_unavailable(exc):
-                    raise ServiceUnavailable(
-                        "the database is unavailable; try again shortly"
-                    ) from exc
-                raise
+        async with (
+            self._sqlite_writer or nullcontext(),
+            _unavailable_as_503(),
+            self.engine.begin() as conn,
+        ):
+            yield conn
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (autocommit-like: nothing to roll back)."""
-        try:
-            async with self.engine.connect() as conn:
-                yield conn
-        except Exception as exc:
-            if _is_unavailable(exc):
-                raise ServiceUnavailable("the database is unavailable; try again shortly") from exc
-            raise
+        async with _unavailable_as_503(), self.engine.connect() as conn:
+            yield conn
 
     async def ping(self) -> bool:
         try:
