@@ -68,6 +68,9 @@ async def test_stream_delivers_each_step_as_it_happens(server_url: str, llm: Fak
     assert all(gap > 0.15 for gap in gaps)  # each step arrived before the next was produced
     assert events[-1]["data"]["status"] == "completed" and events[-1]["data"]["result"] == "6"
     assert len(events[-1]["data"]["steps"]) == 6
+    # each `step` event is the step as the execution shows it (its code, observation, tokens)
+    assert [s["data"] for s in steps] == events[-1]["data"]["steps"]
+    assert "s2 = 2" in steps[2]["data"]["code"] and steps[2]["data"]["usage"]["input_tokens"] > 0
     statuses = [e["data"]["status"] for e in events if e["event"] == "status"]
     assert statuses == ["running", "completed"]
 

@@ -119,6 +119,32 @@ async def test_stale_worker_is_fenced_out(db: Database) -> None:
     assert final.input_tokens == 20
 
 
+async def test_steps_by_key_reads_those_steps_of_that_tenant_and_no_others(db: Database) -> None:
+    """What a stream reader reads per wake-up: the steps its new events name (here across two
+    attempts), nothing else, and nothing of another tenant's."""
+    ex = new_execution()
+    async with db.begin() as conn:
+        await repos.insert_execution(conn, ex)
+    (a,) = await claim(db, "worker-a")
+    async with db.begin() as conn:
+        for n in (1, 2, 3):
+            await jobs.record_step(conn, a, step(n), now=utcnow())
+    await expire_and_reap(db)
+    (b,) = await claim(db, "worker-b")
+    async with db.begin() as conn:
+        await jobs.record_step(conn, b, step(3), now=utcnow())
+    wanted = {(2, 1), (3, 2), (7, 1)}  # (step, attempt); step 7 does not exist
+    async with db.connect() as conn:
+        found = await repos.steps_by_key(conn, TENANT, ex.id, wanted)
+        foreign = await repos.steps_by_key(conn, "someone-else", ex.id, wanted)
+        none = await repos.steps_by_key(conn, TENANT, ex.id, set())
+    assert {key: (s.step, s.attempt) for key, s in found.items()} == {
+        (2, 1): (2, 1),
+        (3, 2): (3, 2),
+    }
+    assert foreign == {} and none == {}
+
+
 async def test_reaper_fails_after_max_attempts(db: Database) -> None:
     ex = new_execution(max_attempts=1)
     async with db.begin() as conn:

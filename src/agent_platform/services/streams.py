@@ -73,10 +73,8 @@ class ExecutionStream:
     ) -> list[str]:
         if not pending:
             return []
-        steps: dict[tuple[int, int], Any] = {}
-        if any(e.type is EventType.STEP for e in pending):
-            stored = await repos.list_steps(conn, tenant_id, execution_id)
-            steps = {(s.step, s.attempt): s for s in stored}
+        wanted = {(e.data["step"], e.data["attempt"]) for e in pending if e.type is EventType.STEP}
+        steps = await repos.steps_by_key(conn, tenant_id, execution_id, wanted)
         chunks = []
         for event in pending:
             data: Any = event.data

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
@@ -261,6 +261,22 @@ async def list_steps(
     )
     rows = await conn.execute(query.order_by(steps.c.step))
     return [step_from_row(r) for r in rows]
+
+
+async def steps_by_key(
+    conn: AsyncConnection, tenant_id: str, execution_id: str, keys: set[tuple[int, int]]
+) -> dict[tuple[int, int], StoredStep]:
+    """The execution's steps with these `(step, attempt)` keys, and no others: a reader that
+    follows a long execution reads each step once, not all of them on every new one."""
+    if not keys:
+        return {}
+    query = select(steps).where(
+        steps.c.execution_id == execution_id,
+        steps.c.tenant_id == tenant_id,
+        tuple_(steps.c.step, steps.c.attempt).in_(sorted(keys)),
+    )
+    found = (step_from_row(r) for r in await conn.execute(query))
+    return {(s.step, s.attempt): s for s in found}
 
 
 def _list_statements(by_status: bool) -> tuple[Any, Any]:
