@@ -173,10 +173,11 @@ class Bench:
         keep_log: bool = False,
     ) -> dict[str, Any]:
         """A closed-loop run through the load generator; emits and returns its line (with
-        the provider's request log when `keep_log`). A measured server-mode run that waits
-        also says where its executions' time went (`bench.timeline`)."""
+        the provider's request log when `keep_log`). A server-mode scenario that waits (not a
+        warm-up, profiled or memory run) also says where its executions' time went
+        (`bench.timeline`)."""
         key = f"{platform.mode}/{mode}/c{c}/{provider.latency_ms:g}ms{tag}"
-        with_timeline = platform.mode == "server" and mode == "wait" and not warmup
+        with_timeline = platform.mode == "server" and mode == "wait" and not tag
         cpu_groups = self._instrument(platform, provider)
         meter = CpuMeter(cpu_groups)
         cfg = {
