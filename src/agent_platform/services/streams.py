@@ -54,11 +54,16 @@ class ExecutionStream:
             async with self.db.connect() as conn:
                 pending = await event_log.after(conn, tenant_id, execution_id, sent)
                 chunks = await self._render(conn, tenant_id, execution_id, pending, render)
+            # what one read found goes out in one write (the end's several events, say)
+            batch: list[str] = []
             for event, chunk in zip(pending, chunks, strict=True):
-                yield chunk
+                batch.append(chunk)
                 sent = event.seq
                 if event.type is EventType.DONE:
+                    yield "".join(batch)
                     return
+            if batch:
+                yield "".join(batch)
             cursor, woken = await self.bus.read(channel, cursor, self.keepalive_s)
             if not woken:
                 yield KEEPALIVE

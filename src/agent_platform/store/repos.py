@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
@@ -263,20 +263,34 @@ async def list_steps(
     return [step_from_row(r) for r in rows]
 
 
+_STEPS_IN_RANGE = select(steps).where(
+    steps.c.execution_id == bindparam("eid"),
+    steps.c.tenant_id == bindparam("tid"),
+    steps.c.attempt.between(bindparam("a0"), bindparam("a1")),
+    steps.c.step.between(bindparam("s0"), bindparam("s1")),
+)
+
+
 async def steps_by_key(
     conn: AsyncConnection, tenant_id: str, execution_id: str, keys: set[tuple[int, int]]
 ) -> dict[tuple[int, int], StoredStep]:
-    """The execution's steps with these `(step, attempt)` keys, and no others: a reader that
-    follows a long execution reads each step once, not all of them on every new one."""
+    """The execution's steps with these `(step, attempt)` keys: a reader that follows a long
+    execution reads each new step once, not every step on every new one. One statement over
+    the keys' range (new steps are consecutive), the keys picked from it."""
     if not keys:
         return {}
-    query = select(steps).where(
-        steps.c.execution_id == execution_id,
-        steps.c.tenant_id == tenant_id,
-        tuple_(steps.c.step, steps.c.attempt).in_(sorted(keys)),
-    )
-    found = (step_from_row(r) for r in await conn.execute(query))
-    return {(s.step, s.attempt): s for s in found}
+    attempts = [attempt for _, attempt in keys]
+    numbers = [step for step, _ in keys]
+    params = {
+        "eid": execution_id,
+        "tid": tenant_id,
+        "a0": min(attempts),
+        "a1": max(attempts),
+        "s0": min(numbers),
+        "s1": max(numbers),
+    }
+    found = (step_from_row(r) for r in await fastpath.execute(conn, _STEPS_IN_RANGE, params))
+    return {(s.step, s.attempt): s for s in found if (s.step, s.attempt) in keys}
 
 
 def _list_statements(by_status: bool) -> tuple[Any, Any]:
