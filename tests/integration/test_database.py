@@ -34,6 +34,27 @@ async def test_a_burst_waits_for_the_pool_instead_of_opening_connections(pg_data
         await db.dispose()
 
 
+async def test_a_read_connection_runs_each_statement_on_its_own(pg_database: str) -> None:
+    """`connect()` opens no transaction: no BEGIN and ROLLBACK round trips around a read,
+    and no snapshot held from one statement to the next."""
+    db = Database(pg_database, pool_size=1)
+    # how long ago this session's transaction began, as its second statement starts
+    held = text(
+        "SELECT extract(epoch FROM query_start - xact_start) FROM pg_stat_activity"
+        " WHERE pid = pg_backend_pid()"
+    )
+    try:
+        for _ in range(2):  # and the pooled connection comes back the same way
+            async with db.connect() as conn:
+                await conn.execute(text("SELECT pg_sleep(0.1)"))
+                assert (await conn.execute(held)).scalar_one() < 0.05
+        async with db.begin() as conn:  # transactions are still transactions
+            await conn.execute(text("SELECT pg_sleep(0.1)"))
+            assert (await conn.execute(held)).scalar_one() >= 0.1
+    finally:
+        await db.dispose()
+
+
 async def test_reading_an_execution_survives_a_migration_of_its_tables(pg_database: str) -> None:
     """A connection that has read an execution with its steps reads it again after columns
     were added to `steps` and `executions` (as a rolling deploy's migration does)."""

@@ -94,6 +94,15 @@ class Database:
                 connect_args={"command_timeout": 30, "timeout": 5},
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # `connect()` serves reads and one-statement writes, which need no transaction; on
+        # PostgreSQL SQLAlchemy would begin one at the first statement and roll it back when
+        # the connection goes back to the pool: two more round trips per use. (SQLite begins
+        # only before a write, and switching its mode costs a hop to its thread each way.)
+        self._autocommit = (
+            self.engine
+            if self.is_sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         # SQLite lets one transaction write at a time, and a writer that finds the lock
         # taken polls for it with growing sleeps (up to 100 ms each), so under concurrent
         # writes one could wait for a second while others kept getting in. This process's
@@ -116,8 +125,9 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads (autocommit-like: nothing to roll back)."""
-        async with _unavailable_as_503(), self.engine.connect() as conn:
+        """A connection for reads and single-statement writes: each statement commits on its
+        own (no transaction to begin or roll back)."""
+        async with _unavailable_as_503(), self._autocommit.connect() as conn:
             yield conn
 
     async def ping(self) -> bool:
