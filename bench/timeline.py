@@ -61,7 +61,8 @@ def split(sent: float, answered: float, row: dict[str, Any]) -> dict[str, float]
 
 
 def summarize(details: Sequence[dict[str, Any]], rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and p50 of every stretch over the steady state's executions."""
+    """Mean and p50 of every stretch over the steady state's executions (all of them when
+    the run had no steady state: a client that finished fewer than two)."""
     window = steady_window(_completions(details))
     by_id = {row["id"]: row for row in rows}
     splits = [
