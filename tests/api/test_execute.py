@@ -231,6 +231,8 @@ async def test_list_is_newest_first_with_total_and_status_filter(
     assert page["executions"][0]["steps"] is None
     rest = (await client.get("/api/v1/agent/executions?limit=2&offset=2")).json()
     assert [e["execution_id"] for e in rest["executions"]] == [ids[0]]
+    beyond = (await client.get("/api/v1/agent/executions?limit=2&offset=10")).json()
+    assert beyond["executions"] == [] and beyond["total"] == 3  # the total past the last page
     with_steps = (await client.get("/api/v1/agent/executions?limit=1&include_steps=true")).json()
     assert len(with_steps["executions"][0]["steps"]) == 3
     done = (await client.get("/api/v1/agent/executions?status=completed")).json()

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
@@ -293,21 +293,29 @@ async def steps_by_key(
     return {(s.step, s.attempt): s for s in found if (s.step, s.attempt) in keys}
 
 
-def _list_statements(by_status: bool) -> tuple[Any, Any]:
+def _list_statement(by_status: bool) -> Any:
+    """A page and the total in one statement: one round trip, and one snapshot (two
+    statements could count an execution that ended after the page was read)."""
     where = [executions.c.tenant_id == bindparam("tid")]
     if by_status:
         where.append(executions.c.status == bindparam("status"))
+    total = select(func.count().label("total")).select_from(executions).where(*where).cte("total")
     page = (
         select(executions)
         .where(*where)
         .order_by(executions.c.created_at.desc(), executions.c.id.desc())
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
+        .cte("page")
     )
-    return page, select(func.count()).select_from(executions).where(*where)
+    return (
+        select(total.c.total, page)
+        .select_from(total.outerjoin(page, true()))  # the total even past the last page
+        .order_by(page.c.created_at.desc(), page.c.id.desc())
+    )
 
 
-_LIST = {by_status: _list_statements(by_status) for by_status in (False, True)}
+_LIST = {by_status: _list_statement(by_status) for by_status in (False, True)}
 
 
 async def list_executions(
@@ -318,14 +326,12 @@ async def list_executions(
     limit: int,
     offset: int,
 ) -> tuple[list[Execution], int]:
-    page, counted = _LIST[status is not None]
-    where: dict[str, Any] = {"tid": tenant_id}
+    params: dict[str, Any] = {"tid": tenant_id, "limit": limit, "offset": offset}
     if status is not None:
-        where["status"] = status.value
-    rows = await fastpath.execute(conn, page, {**where, "limit": limit, "offset": offset})
-    items = [execution_from_row(r) for r in rows]
-    total = (await fastpath.execute(conn, counted, where)).scalar_one()
-    return items, int(total)
+        params["status"] = status.value
+    rows = (await fastpath.execute(conn, _LIST[status is not None], params)).all()
+    items = [execution_from_row(r) for r in rows if r._mapping["id"] is not None]
+    return items, int(rows[0]._mapping["total"])
 
 
 async def steps_for(conn: AsyncConnection, tenant_id: str, items: list[Execution]) -> None:
