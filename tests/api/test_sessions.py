@@ -56,6 +56,14 @@ async def test_three_turns_see_each_other(client: httpx.AsyncClient, llm: FakeLL
     assert [e["task"] for e in detail["executions"]] == turns
     listed = (await client.get("/api/v1/sessions")).json()
     assert listed["total"] == 1 and listed["sessions"][0]["session_id"] == session_id
+    tagged = (
+        await client.post("/api/v1/sessions", json={"title": "t", "metadata": {"team": "ops"}})
+    ).json()
+    newest = (await client.get("/api/v1/sessions?limit=1")).json()
+    assert newest["total"] == 2 and newest["sessions"][0]["session_id"] == tagged["session_id"]
+    assert newest["sessions"][0]["metadata"] == {"team": "ops"}
+    beyond = (await client.get("/api/v1/sessions?offset=5")).json()
+    assert beyond["sessions"] == [] and beyond["total"] == 2  # the total past the last page
 
 
 async def test_busy_session_modes(client: httpx.AsyncClient, llm: FakeLLMServer) -> None:

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, true, update
+from sqlalchemy import Select, Table, bindparam, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus, StepType, StoredStep
@@ -293,29 +293,42 @@ async def steps_by_key(
     return {(s.step, s.attempt): s for s in found if (s.step, s.attempt) in keys}
 
 
-def _list_statement(by_status: bool) -> Any:
-    """A page and the total in one statement: one round trip, and one snapshot (two
-    statements could count an execution that ended after the page was read)."""
-    where = [executions.c.tenant_id == bindparam("tid")]
-    if by_status:
-        where.append(executions.c.status == bindparam("status"))
-    total = select(func.count().label("total")).select_from(executions).where(*where).cte("total")
+def newest_page(table: Table, *where: Any) -> Select[Any]:
+    """`table`'s rows matching `where`, newest first (`created_at`, then `id`), one page of
+    them (`limit`, `offset` parameters), each with the `total` that match; past the last page
+    a single row with the total and nothing else (`id` NULL, see `page_and_total`). One
+    statement: one round trip, and one snapshot (a separate count could include a row that
+    changed after the page was read)."""
+    total = select(func.count().label("total")).select_from(table).where(*where).cte("total")
     page = (
-        select(executions)
+        select(table)
         .where(*where)
-        .order_by(executions.c.created_at.desc(), executions.c.id.desc())
+        .order_by(table.c.created_at.desc(), table.c.id.desc())
         .limit(bindparam("limit"))
         .offset(bindparam("offset"))
         .cte("page")
     )
     return (
         select(total.c.total, page)
-        .select_from(total.outerjoin(page, true()))  # the total even past the last page
+        .select_from(total.outerjoin(page, true()))
         .order_by(page.c.created_at.desc(), page.c.id.desc())
     )
 
 
-_LIST = {by_status: _list_statement(by_status) for by_status in (False, True)}
+def page_and_total(rows: Any) -> tuple[list[Any], int]:
+    """The page's rows and the total, from what a `newest_page` statement returned."""
+    rows = list(rows)
+    return [r for r in rows if r._mapping["id"] is not None], int(rows[0]._mapping["total"])
+
+
+_LIST = {
+    by_status: newest_page(
+        executions,
+        executions.c.tenant_id == bindparam("tid"),
+        *([executions.c.status == bindparam("status")] if by_status else []),
+    )
+    for by_status in (False, True)
+}
 
 
 async def list_executions(
@@ -329,9 +342,8 @@ async def list_executions(
     params: dict[str, Any] = {"tid": tenant_id, "limit": limit, "offset": offset}
     if status is not None:
         params["status"] = status.value
-    rows = (await fastpath.execute(conn, _LIST[status is not None], params)).all()
-    items = [execution_from_row(r) for r in rows if r._mapping["id"] is not None]
-    return items, int(rows[0]._mapping["total"])
+    rows, total = page_and_total(await fastpath.execute(conn, _LIST[status is not None], params))
+    return [execution_from_row(r) for r in rows], total
 
 
 async def steps_for(conn: AsyncConnection, tenant_id: str, items: list[Execution]) -> None:

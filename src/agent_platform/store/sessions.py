@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_platform.domain import Execution, ExecutionStatus
-from agent_platform.store.repos import as_utc, execution_from_row
+from agent_platform.store.repos import as_utc, execution_from_row, newest_page, page_and_total
 from agent_platform.store.tables import executions, idempotency_keys, sessions
 
 ACTIVE = (ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value)
@@ -73,19 +73,9 @@ async def lock(conn: AsyncConnection, tenant_id: str, session_id: str, now: date
 async def list_page(
     conn: AsyncConnection, tenant_id: str, *, limit: int, offset: int
 ) -> tuple[list[Session], int]:
-    rows = await conn.execute(
-        select(sessions)
-        .where(sessions.c.tenant_id == tenant_id)
-        .order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    total = (
-        await conn.execute(
-            select(func.count()).select_from(sessions).where(sessions.c.tenant_id == tenant_id)
-        )
-    ).scalar_one()
-    return [_session(r) for r in rows], int(total)
+    statement = newest_page(sessions, sessions.c.tenant_id == tenant_id)
+    rows, total = page_and_total(await conn.execute(statement, {"limit": limit, "offset": offset}))
+    return [_session(r) for r in rows], total
 
 
 async def executions_of(
