@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -46,15 +45,8 @@ WHERE e.id = ANY($1::uuid[]) AND e.attempt = 1 AND s1.type = 'action' AND s2.typ
 
 def split(sent: float, answered: float, row: dict[str, Any]) -> dict[str, float]:
     """One execution's stretches in ms (they add up to `answered - sent`)."""
-    marks = [
-        sent,
-        _ts(row["created_at"]),
-        _ts(row["started_at"]),
-        _ts(row["step1_at"]),
-        _ts(row["step2_at"]),
-        _ts(row["completed_at"]),
-        answered,
-    ]
+    stamped = ("created_at", "started_at", "step1_at", "step2_at", "completed_at")
+    marks = [sent, *(row[name].timestamp() for name in stamped), answered]
     out = {name: (marks[i + 1] - marks[i]) * 1000 for i, (name, _) in enumerate(STRETCHES)}
     out["total"] = (answered - sent) * 1000
     return out
@@ -99,7 +91,3 @@ def _completions(details: Sequence[dict[str, Any]]) -> list[list[float]]:
     for d in details:
         by_slot.setdefault(d["slot"], []).append(d["answered_wall"])
     return [sorted(times) for _, times in sorted(by_slot.items())]
-
-
-def _ts(value: datetime) -> float:
-    return value.timestamp()
