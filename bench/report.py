@@ -146,6 +146,7 @@ TARGETS = [
         False,
         "MB",
         _nested("memory", "api_rss_after_run2_mb"),
+        lambda r: f"{r['memory']['executions_per_run']:,} executions per run",
     ),
     Target(
         "api RSS growth between two equal runs",
