@@ -4,7 +4,6 @@ resume, cancel, timeouts, idempotent submits."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 import uuid
@@ -22,7 +21,8 @@ def keyword() -> str:
 
 
 async def read_sse(response: httpx.Response, until: str = "done") -> list[dict[str, Any]]:
-    """Parse events as they arrive, stamping each with its arrival time."""
+    """Parse events as they arrive, stamping each with its arrival time (wall clock, as the
+    fake provider stamps the requests it receives)."""
     events: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
     async for line in response.aiter_lines():
@@ -30,7 +30,7 @@ async def read_sse(response: httpx.Response, until: str = "done") -> list[dict[s
             continue
         if not line:
             if current:
-                current["at"] = time.monotonic()
+                current["at"] = time.time()
                 current["data"] = json.loads(current.get("data", "null"))
                 events.append(current)
                 if current.get("event") == until:
@@ -64,8 +64,13 @@ async def test_stream_delivers_each_step_as_it_happens(server_url: str, llm: Fak
     assert ids == list(range(1, len(ids) + 1))  # per-execution sequence numbers, no gaps
     steps = [e for e in events if e["event"] == "step"]
     assert [s["data"]["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
-    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(steps[:5])]
-    assert all(gap > 0.15 for gap in gaps)  # each step arrived before the next was produced
+    # each step reached the client before the next one existed: before the provider could
+    # answer the model call it comes from (the call's arrival + its 250 ms), whatever pauses
+    # the machine took in between
+    calls = sorted((r for r in llm.requests if r.keyword == kw), key=lambda r: r.index)
+    assert [c.index for c in calls] == [0, 1, 2, 3, 4]
+    for step, next_call in zip(steps[:4], calls[1:], strict=True):
+        assert step["at"] < next_call.timestamp + 0.25, (step["data"]["step"], next_call.index)
     assert events[-1]["data"]["status"] == "completed" and events[-1]["data"]["result"] == "6"
     assert len(events[-1]["data"]["steps"]) == 6
     # each `step` event is the step as the execution shows it (its code, observation, tokens)
