@@ -55,7 +55,7 @@ import httpx
 import idna
 
 from agent_platform.tools.base import ToolFailure
-from agent_platform.tools.pinned import Deadline, PinnedBackend, connect_failure
+from agent_platform.tools.pinned import Deadline, pinned_exchange
 
 __all__ = [
     "DEFAULT_ALLOWED_CONTENT_TYPES",
@@ -573,35 +573,17 @@ class NetGuard:
             (b"Accept-Encoding", b"gzip, deflate"),
             (b"Connection", b"close"),
         ]
-        left = max(deadline.remaining(), 0.001)
-        request_url = httpcore.URL(
-            scheme=target.scheme, host=target.host, port=target.port, target=target.path
-        )
-        extensions = {"timeout": {"connect": left, "read": left, "write": left, "pool": left}}
-        try:
-            with (
-                httpcore.ConnectionPool(
-                    ssl_context=self._ssl_context,
-                    max_connections=1,
-                    retries=0,
-                    network_backend=PinnedBackend(target, deadline),
-                ) as pool,
-                pool.stream("GET", request_url, headers=headers, extensions=extensions) as response,
-            ):
-                yield response
-        except httpcore.TimeoutException as exc:
-            raise deadline.expired() from exc
-        except httpcore.ConnectError as exc:
-            if deadline.remaining() <= 0:
-                raise deadline.expired() from exc
-            raise FetchFailed(connect_failure(target, exc)) from exc
-        except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
-            if deadline.remaining() <= 0:
-                raise deadline.expired() from exc
-            raise FetchFailed(
-                f"the connection to {target.host} failed or the server sent an invalid HTTP "
-                f"response ({exc or type(exc).__name__})"
-            ) from exc
+        with pinned_exchange(
+            target,
+            deadline,
+            "GET",
+            headers,
+            ssl_context=self._ssl_context,
+            expired=deadline.expired(),
+            failed=FetchFailed,
+            peer="server",
+        ) as response:
+            yield response
 
     def _read(
         self,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import httpcore
@@ -113,6 +114,55 @@ class PinnedBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         time.sleep(min(seconds, max(self._deadline.remaining(), 0.0)))
+
+
+@contextmanager
+def pinned_exchange(
+    target: Target,
+    deadline: Deadline,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    ssl_context: ssl.SSLContext,
+    expired: Exception,
+    failed: Callable[[str], Exception],
+    peer: str,
+    content: bytes | None = None,
+) -> Iterator[httpcore.Response]:
+    """Send one request over a single connection pinned to the target's validated addresses
+    and yield the streaming response.
+
+    Transport errors become the caller's errors: `expired` once the deadline has passed,
+    `failed(reason)` otherwise (`peer` names the other side in that reason)."""
+    left = max(deadline.remaining(), 0.001)
+    url = httpcore.URL(scheme=target.scheme, host=target.host, port=target.port, target=target.path)
+    extensions = {"timeout": {"connect": left, "read": left, "write": left, "pool": left}}
+    try:
+        with (
+            httpcore.ConnectionPool(
+                ssl_context=ssl_context,
+                max_connections=1,
+                retries=0,
+                network_backend=PinnedBackend(target, deadline),
+            ) as pool,
+            pool.stream(
+                method, url, headers=headers, content=content, extensions=extensions
+            ) as response,
+        ):
+            yield response
+    except httpcore.TimeoutException as exc:
+        raise expired from exc
+    except httpcore.ConnectError as exc:
+        if deadline.remaining() <= 0:
+            raise expired from exc
+        raise failed(connect_failure(target, exc)) from exc
+    except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
+        if deadline.remaining() <= 0:
+            raise expired from exc
+        raise failed(
+            f"the connection to {target.host} failed or the {peer} sent an invalid HTTP "
+            f"response ({exc or type(exc).__name__})"
+        ) from exc
 
 
 def connect_failure(target: Target, exc: BaseException) -> str:

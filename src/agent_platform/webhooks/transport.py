@@ -17,11 +17,10 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpcore
 import httpx
 
 from agent_platform.tools.netguard import FetchFailed, FetchTimeout, NetGuard
-from agent_platform.tools.pinned import Deadline, PinnedBackend, connect_failure
+from agent_platform.tools.pinned import Deadline, pinned_exchange
 
 __all__ = ["USER_AGENT", "PostResult", "WebhookTransport"]
 
@@ -61,45 +60,22 @@ class WebhookTransport:
             (b"Connection", b"close"),
             *((k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()),
         ]
-        request_url = httpcore.URL(
-            scheme=target.scheme, host=target.host, port=target.port, target=target.path
-        )
-        left = max(deadline.remaining(), 0.001)
-        extensions = {"timeout": {"connect": left, "read": left, "write": left, "pool": left}}
         expired = FetchTimeout(f"{target.url} did not answer within {timeout_s:g} s")
-        try:
-            with (
-                httpcore.ConnectionPool(
-                    ssl_context=self._ssl_context,
-                    max_connections=1,
-                    retries=0,
-                    network_backend=PinnedBackend(target, deadline),
-                ) as pool,
-                pool.stream(
-                    "POST",
-                    request_url,
-                    headers=request_headers,
-                    content=body,
-                    extensions=extensions,
-                ) as response,
-            ):
-                preview = bytearray()
-                for chunk in response.iter_stream():
-                    preview += chunk
-                    if len(preview) >= BODY_PREVIEW_BYTES:
-                        break
-                text = bytes(preview[:BODY_PREVIEW_BYTES]).decode("utf-8", errors="replace")
-                return PostResult(response.status, text)
-        except httpcore.TimeoutException as exc:
-            raise expired from exc
-        except httpcore.ConnectError as exc:
-            if deadline.remaining() <= 0:
-                raise expired from exc
-            raise FetchFailed(connect_failure(target, exc)) from exc
-        except (httpcore.ProtocolError, httpcore.NetworkError) as exc:
-            if deadline.remaining() <= 0:
-                raise expired from exc
-            raise FetchFailed(
-                f"the connection to {target.host} failed or the receiver sent an invalid HTTP "
-                f"response ({exc or type(exc).__name__})"
-            ) from exc
+        with pinned_exchange(
+            target,
+            deadline,
+            "POST",
+            request_headers,
+            ssl_context=self._ssl_context,
+            expired=expired,
+            failed=FetchFailed,
+            peer="receiver",
+            content=body,
+        ) as response:
+            preview = bytearray()
+            for chunk in response.iter_stream():
+                preview += chunk
+                if len(preview) >= BODY_PREVIEW_BYTES:
+                    break
+            text = bytes(preview[:BODY_PREVIEW_BYTES]).decode("utf-8", errors="replace")
+            return PostResult(response.status, text)
