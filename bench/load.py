@@ -115,12 +115,12 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     runner = RUNNERS[mode]
     counter = itertools.count()
     latencies: list[float] = []
-    completions: list[list[float]] = [[] for _ in range(c)]
+    executions: list[list[tuple[float, float]]] = [[] for _ in range(c)]  # (sent, answered)
     errors: list[str] = []
     details: list[dict[str, Any]] = []
     timeout = httpx.Timeout(float(cfg["timeout_s"]), connect=10)
 
-    async def slot(index: int, client: httpx.AsyncClient, done: list[float]) -> None:
+    async def slot(index: int, client: httpx.AsyncClient, done: list[tuple[float, float]]) -> None:
         for k in counter:  # bounded: every slot stops once n executions were started
             if k >= n:
                 return
@@ -133,7 +133,7 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
                 continue
             ended, answered_wall = time.perf_counter(), time.time()
             latencies.append((ended - t0) * 1000)
-            done.append(ended)
+            done.append((t0, ended))
             details.append(
                 {
                     "task": task,
@@ -156,7 +156,7 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     ]
     try:
         started, cpu_started = time.perf_counter(), time.process_time()
-        slots = enumerate(zip(clients, completions, strict=True))
+        slots = enumerate(zip(clients, executions, strict=True))
         await asyncio.gather(*(slot(i, client, done) for i, (client, done) in slots))
         wall, cpu_run = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
@@ -171,7 +171,7 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
         "client_cpu_run_s": round(cpu_run, 2),  # the timed loop only (not imports and setup)
         "throughput": round(len(latencies) / wall, 2) if wall > 0 else 0.0,
         # while every client had one in flight (no lockstep start, no drain): see bench.stats
-        "steady": steady_throughput(completions),
+        "steady": steady_throughput(executions),
         **latency_summary(latencies),
     }
     if mode == "stream" or cfg.get("timeline"):  # per execution, on the wall clock

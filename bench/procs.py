@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import json
 import os
 import selectors
@@ -68,7 +69,12 @@ class ProcessSet:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: list[Managed] = []
+        self._serial = itertools.count()
         atexit.register(self.stop_all)
+
+    def new_stem(self, name: str) -> str:
+        """`name-N` with N unique in the run, so no process's files overwrite an earlier one's."""
+        return f"{name}-{next(self._serial)}"
 
     def spawn(
         self,
@@ -79,9 +85,10 @@ class ProcessSet:
         cwd: Path,
         stdin: int | None = subprocess.DEVNULL,
         stdout: int | None = None,
+        stem: str | None = None,
     ) -> Managed:
         """Start `argv` in its own session; stderr (and stdout unless piped) go to a log."""
-        path = self.log_dir / f"{name}-{len(self.procs)}.log"
+        path = self.log_dir / f"{stem or self.new_stem(name)}.log"
         with open(path, "wb") as log:
             popen = subprocess.Popen(
                 list(argv),
@@ -422,7 +429,8 @@ def run_json(
     Used for the load generator and the baselines so they do not share a GIL (or a CPU
     accounting) with the orchestrator that samples memory; their stdout goes to a file, so a
     large output can never block them on a full pipe."""
-    stdin_path = procs.log_dir / f"{name}-{len(procs.procs)}.in.json"
+    stem = procs.new_stem(name)
+    stdin_path = procs.log_dir / f"{stem}.in.json"
     stdin_path.write_text(json.dumps(config or {}))
     out_path = stdin_path.with_suffix(".out")
     with open(stdin_path, "rb") as fin, open(out_path, "wb") as fout:
@@ -433,6 +441,7 @@ def run_json(
             cwd=REPO,
             stdin=fin.fileno(),
             stdout=fout.fileno(),
+            stem=stem,
         )
         try:
             proc.popen.wait(timeout=timeout_s)
