@@ -49,8 +49,8 @@ def steady_throughput(
     Each execution counts by the share of its duration that lies inside the window, not by
     whether it ended there. The window's ends are themselves answers, the latest first one
     and the earliest last one, and clients that move in step are answered just after the
-    end: counting whole answers would miss up to one execution per client (2-3 % at c=64 over
-    20 rounds). None when the window holds too few answers to mean anything."""
+    end: counting whole answers would miss up to one execution per client (up to 2.6 % at
+    c=64 over 20 rounds). None when the window holds too few answers to mean anything."""
     window = steady_window([[answered for _, answered in runs] for runs in executions])
     if window is None:
         return None
