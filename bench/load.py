@@ -4,7 +4,7 @@ It prints one JSON line with the results. Its own process so it neither shares a
 orchestrator (which samples /proc every 250 ms) nor hides its CPU use: it reports the CPU it
 consumed itself, which on a 2-core machine is CPU the platform did not get.
 
-* `closed` loop: `c` slots, each with its own keep-alive `httpx.AsyncClient`, each starting
+* `closed` loop: `c` slots, each with its own keep-alive connection, each starting
   the next execution when its previous one ended, until `n` executions were done. Modes:
   `wait` (POST /execute blocks until the end), `background` (202, then GET every
   `poll_interval_s` until final) and `stream` (SSE until `done`; the arrival time of the first
@@ -15,8 +15,11 @@ consumed itself, which on a 2-core machine is CPU the platform did not get.
 * Both send `headers` (from `bench/run.py --header`, an API key say) with every request.
 * `open` loop: requests sent on a fixed schedule (`rate` per second) whatever the answers do;
   latency counts from the *scheduled* send time, so a server that falls behind cannot hide it
-  by slowing the client down (no coordinated omission). It uses `bench.rawhttp` instead of
-  httpx, whose CPU cost at 500 requests/s would otherwise dominate a 2-core machine.
+  by slowing the client down (no coordinated omission).
+
+Both use `bench.rawhttp`, not httpx, whose CPU per request (~1 ms here, fifteen times as much)
+would be taken from the platform on a 2-core machine and, with answers arriving in bursts,
+counted in the latencies.
 """
 
 from __future__ import annotations
@@ -30,9 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
-
-from bench.rawhttp import HttpError, Pool
+from bench.rawhttp import Connection, HttpError, Pool
 from bench.stats import latency_summary, steady_throughput
 
 EXECUTE = "/api/v1/agent/execute"
@@ -53,44 +54,41 @@ def _check_completed(body: dict[str, Any]) -> None:
         )
 
 
-async def run_wait(client: httpx.AsyncClient, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    r = await client.post(EXECUTE, json={"task": task, "tools": []})
-    if r.status_code != 200:
-        raise Failed(f"HTTP {r.status_code}: {r.text[:200]}")
-    body = r.json()
+def _answer(what: str, status: int, body: bytes, expected: int) -> Any:
+    """The JSON of an answer with the `expected` status; anything else is a failure."""
+    if status != expected:
+        raise Failed(f"{what}HTTP {status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+async def run_wait(conn: Connection, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    body = _answer("", *await conn.post_json(EXECUTE, {"task": task, "tools": []}), 200)
     _check_completed(body)
     return {"execution_id": body["execution_id"]}
 
 
-async def run_background(
-    client: httpx.AsyncClient, task: str, cfg: dict[str, Any]
-) -> dict[str, Any]:
-    r = await client.post(EXECUTE, json={"task": task, "tools": [], "background": True})
-    if r.status_code != 202:
-        raise Failed(f"HTTP {r.status_code}: {r.text[:200]}")
-    execution_id = r.json()["execution_id"]
+async def run_background(conn: Connection, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    submit = {"task": task, "tools": [], "background": True}
+    execution_id = _answer("", *await conn.post_json(EXECUTE, submit), 202)["execution_id"]
     interval = float(cfg.get("poll_interval_s", 0.02))
     for _ in range(int(cfg["timeout_s"] / interval) + 1):  # bounded by the timeout
         await asyncio.sleep(interval)
-        r = await client.get(EXECUTION + execution_id)
-        if r.status_code != 200:
-            raise Failed(f"poll HTTP {r.status_code}: {r.text[:200]}")
-        body = r.json()
+        body = _answer("poll ", *await conn.get(EXECUTION + execution_id), 200)
         if body["status"] in FINAL:
             _check_completed(body)
             return {"execution_id": execution_id}
     raise Failed(f"still {body['status']} after {cfg['timeout_s']} s")
 
 
-async def run_stream(client: httpx.AsyncClient, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
+async def run_stream(conn: Connection, task: str, cfg: dict[str, Any]) -> dict[str, Any]:
     first_step_wall: float | None = None
     execution_id: str | None = None
     event = ""
-    body = {"task": task, "tools": [], "stream": True}
-    async with client.stream("POST", EXECUTE, json=body) as r:
-        if r.status_code != 200:
-            raise Failed(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
-        async for line in r.aiter_lines():
+    submit = {"task": task, "tools": [], "stream": True}
+    async with conn.request("POST", EXECUTE, submit) as r:
+        if r.status != 200:
+            raise Failed(f"HTTP {r.status}: {(await r.read())[:200]!r}")
+        async for line in r.lines():
             if line.startswith("event: "):
                 event = line.removeprefix("event: ")
                 if event == "step" and first_step_wall is None:
@@ -105,7 +103,7 @@ async def run_stream(client: httpx.AsyncClient, task: str, cfg: dict[str, Any]) 
     raise Failed("stream ended without a `done` event")
 
 
-RUNNERS: dict[str, Callable[[httpx.AsyncClient, str, dict[str, Any]], Awaitable[dict[str, Any]]]]
+RUNNERS: dict[str, Callable[[Connection, str, dict[str, Any]], Awaitable[dict[str, Any]]]]
 RUNNERS = {"wait": run_wait, "background": run_background, "stream": run_stream}
 
 
@@ -118,17 +116,18 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     executions: list[list[tuple[float, float]]] = [[] for _ in range(c)]  # (sent, answered)
     errors: list[str] = []
     details: list[dict[str, Any]] = []
-    timeout = httpx.Timeout(float(cfg["timeout_s"]), connect=10)
+    timeout_s = float(cfg["timeout_s"])
 
-    async def slot(index: int, client: httpx.AsyncClient, done: list[tuple[float, float]]) -> None:
+    async def slot(index: int, conn: Connection, done: list[tuple[float, float]]) -> None:
         for k in counter:  # bounded: every slot stops once n executions were started
             if k >= n:
                 return
             task = f"{cfg['task_prefix']} #{k}: what is 2 + 2?"
             sent_wall, t0 = time.time(), time.perf_counter()
             try:
-                extra = await runner(client, task, cfg)
-            except (Failed, httpx.HTTPError, ValueError, KeyError) as exc:
+                async with asyncio.timeout(timeout_s):
+                    extra = await runner(conn, task, cfg)
+            except (Failed, HttpError, OSError, TimeoutError, ValueError, KeyError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 continue
             ended, answered_wall = time.perf_counter(), time.time()
@@ -144,24 +143,16 @@ async def closed_loop(cfg: dict[str, Any]) -> dict[str, Any]:
                 }
             )
 
-    # Made before the clock starts: each client builds an SSL context (~15 ms of CPU), which
-    # inside the timed loop would hold up every request already sent, c times over.
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     headers: dict[str, str] = cfg.get("headers") or {}
-    clients = [
-        httpx.AsyncClient(
-            base_url=urls[i % len(urls)], timeout=timeout, limits=limits, headers=headers
-        )
-        for i in range(c)
-    ]
+    conns = [Connection(urls[i % len(urls)], headers) for i in range(c)]
     try:
         started, cpu_started = time.perf_counter(), time.process_time()
-        slots = enumerate(zip(clients, executions, strict=True))
-        await asyncio.gather(*(slot(i, client, done) for i, (client, done) in slots))
+        slots = enumerate(zip(conns, executions, strict=True))
+        await asyncio.gather(*(slot(i, conn, done) for i, (conn, done) in slots))
         wall, cpu_run = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
-        for client in clients:
-            await client.aclose()
+        for conn in conns:
+            conn.close()
     out: dict[str, Any] = {
         "n": n,
         "ok": len(latencies),
