@@ -17,9 +17,9 @@ consumed itself, which on a 2-core machine is CPU the platform did not get.
   latency counts from the *scheduled* send time, so a server that falls behind cannot hide it
   by slowing the client down (no coordinated omission).
 
-Both use `bench.rawhttp`, not httpx, whose CPU per request (~1 ms here, fifteen times as much)
-would be taken from the platform on a 2-core machine and, with answers arriving in bursts,
-counted in the latencies.
+Both use `bench.rawhttp`, not httpx: an `httpx.AsyncClient` cost 1.2-1.75 ms of CPU per
+execution here, this client 0.22-0.35 ms, and on a 2-core machine that CPU is taken from the
+platform and, with answers arriving in bursts, counted in the latencies.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A minimal keep-alive HTTP/1.1 client on asyncio streams: the load generators' client.
 
-Why not httpx: on this machine an `httpx.AsyncClient` request costs 0.9-1.1 ms of CPU, this
-client's 0.06 ms (64 closed-loop clients, 200 ms answers, in one process). On a 2-core machine
-the difference is CPU the platform under test does not get (at c=64 about 6 % of the machine),
-and, since answers arrive in bursts, time every client in the burst waits for the others'
+Why not httpx: an `httpx.AsyncClient` request costs 0.9-1.1 ms of CPU on this machine, one of
+this client 0.06 ms (64 closed-loop clients, 200 ms answers, one process). On a 2-core machine
+the difference is CPU the platform under test does not get (at c=64 about 6 % of the machine)
+and, since answers arrive in bursts, time each client of a burst waits for the others'
 answers to be parsed, which the latency would count against the server. It speaks only what
 the benchmark needs: GET and POST (JSON bodies, the benchmark's extra headers), answers with
 `Content-Length` or chunked bodies, streamed answers read line by line (SSE), keep-alive.
