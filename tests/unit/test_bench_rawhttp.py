@@ -69,6 +69,11 @@ def chunked(*chunks: bytes) -> bytes:
 SSE = (b'event: step\r\ndata: {"n": 1}\r\n', b"\r\nevent: do", b"ne\r\ndata: {}\r\n\r\n")
 
 
+async def sse_then_json(line: str, body: bytes) -> bytes:
+    """A POST gets an SSE stream in chunks that split lines; anything else `{}`."""
+    return chunked(*SSE) if line.startswith("POST") else sized(b"{}")
+
+
 async def test_post_sends_json_and_headers_and_reuses_the_connection() -> None:
     async def echo(line: str, body: bytes) -> bytes:
         return sized(json.dumps({"line": line, "got": json.loads(body or b"null")}).encode())
@@ -85,10 +90,7 @@ async def test_post_sends_json_and_headers_and_reuses_the_connection() -> None:
 
 
 async def test_a_stream_is_read_line_by_line_across_chunks() -> None:
-    async def stream(line: str, body: bytes) -> bytes:
-        return chunked(*SSE) if line.startswith("POST") else sized(b"{}")
-
-    async with Server(stream) as server:
+    async with Server(sse_then_json) as server:
         with server.connect() as conn:
             async with conn.request("POST", "/execute", {"stream": True}) as response:
                 lines = [line async for line in response.lines()]
@@ -98,10 +100,7 @@ async def test_a_stream_is_read_line_by_line_across_chunks() -> None:
 
 
 async def test_a_stream_left_before_its_end_does_not_poison_the_next_request() -> None:
-    async def stream(line: str, body: bytes) -> bytes:
-        return chunked(*SSE) if line.startswith("POST") else sized(b"{}")
-
-    async with Server(stream) as server:
+    async with Server(sse_then_json) as server:
         with server.connect() as conn:
             async with conn.request("POST", "/execute", {"stream": True}) as response:
                 async for line in response.lines():
