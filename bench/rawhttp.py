@@ -57,8 +57,8 @@ class Response:
             return
         pending = b""
         async for chunk in self._chunks():
-            *complete, pending = (pending + chunk).split(b"\n")
-            for line in complete:
+            *ended, pending = (pending + chunk).split(b"\n")
+            for line in ended:
                 yield line.rstrip(b"\r").decode()
         if pending:
             yield pending.rstrip(b"\r").decode()
