@@ -27,6 +27,11 @@ class HttpError(Exception):
 _BROKEN = (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)
 
 
+def _broken(exc: BaseException) -> HttpError:
+    """One of `_BROKEN` as this module's error (some have an empty message)."""
+    return HttpError(str(exc) or type(exc).__name__)
+
+
 class Response:
     """An answer's status and headers; the body is read with `read` or `lines`."""
 
@@ -126,12 +131,12 @@ class Connection:
             except _BROKEN as exc:
                 self.close()
                 if attempt == attempts:
-                    raise HttpError(str(exc) or type(exc).__name__) from exc
+                    raise _broken(exc) from exc
         try:
             yield response
         except _BROKEN as exc:
             self.close()
-            raise HttpError(str(exc) or type(exc).__name__) from exc
+            raise _broken(exc) from exc
         except BaseException:
             self.close()  # the body may be half read: the connection cannot be reused
             raise
