@@ -46,6 +46,24 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+def server_versions() -> dict[str, str]:
+    """PostgreSQL's and Redis's versions, for the run's record."""
+
+    async def postgres() -> str:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+        try:
+            return str(await conn.fetchval("SHOW server_version")).split()[0]
+        finally:
+            await conn.close()
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        redis_version = str(client.info("server")["redis_version"])
+    finally:
+        client.close()
+    return {"postgresql": asyncio.run(postgres()), "redis": redis_version}
+
+
 @contextlib.contextmanager
 def pg_database(name: str) -> Iterator[Database]:
     """Create `name` (must start with `bench_`), drop it (forcefully) on the way out."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,12 +33,28 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests.fakes`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report
-from bench.infra import pg_database, redis_namespace, run_id
+from bench.infra import pg_database, redis_namespace, run_id, server_versions
 from bench.plan import ALL_GROUPS, FULL, QUICK, QUICK_GROUPS, Topology, plan_dict
 from bench.scenarios import Bench
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+# The libraries on the measured paths, whose releases move the figures.
+MEASURED_PACKAGES = (
+    "smolagents",
+    "anthropic",
+    "openai",
+    "aiohttp",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "uvicorn",
+    "uvloop",
+    "sqlalchemy",
+    "asyncpg",
+    "redis",
+    "orjson",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "plan": plan_dict(plan),
     }
-    results["source"] = source_state()
+    results["source"] = source_state() | {"software": software_state()}
     results["targets"] = report.evaluate(results)
     errors = sum(int(s.get("errors", 0) or 0) for s in results["scenarios"].values())
     results["errors"] = errors
@@ -199,6 +217,7 @@ def summary_lines(results: dict[str, Any]) -> str:
             else " (clean src/)"
         )
     )
+    lines.append(f"software: {software_line(src.get('software', {}))}")
     noisy = [
         f"{key} ({s['machine_noise_pct']} %)"
         for key, s in results["scenarios"].items()
@@ -232,6 +251,34 @@ def source_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "src_changed_in_working_tree": changed}
 
 
+def software_state() -> dict[str, Any]:
+    """The versions the figures depend on besides the commit: an install resolves the newest
+    releases within pyproject's ranges, so two runs of one commit may not run the same code."""
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        **server_versions(),
+        "packages": {name: version(name) for name in MEASURED_PACKAGES},
+    }
+
+
+def software_line(software: dict[str, Any]) -> str:
+    if not software:
+        return "?"
+    packages = ", ".join(f"{k} {v}" for k, v in software["packages"].items())
+    return (
+        f"Python {software['python']}, Linux {software['kernel']}, PostgreSQL "
+        f"{software['postgresql']}, Redis {software['redis']}; {packages}"
+    )
+
+
 def keep_logs(src: Path, dest: Path) -> None:
     """Logs and raw profiles outlive the temporary run directory (for post-mortems)."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -250,6 +297,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         f"`{str(src.get('commit', '?'))[:10]}`"
         + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
         + f". {results.get('topology', '')}",
+        "",
+        f"Software: {software_line(src.get('software', {}))}.",
         "",
         report.markdown_table(results["targets"]),
         "",

@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,8 @@ def test_quick_benchmark_runs_without_errors(tmp_path: Path) -> None:
     assert results["errors"] == 0
     assert {row["target"] for row in results["targets"]}
     assert "| target |" in (tmp_path / "latest.md").read_text()
+    # the record says which libraries and servers were measured, not only which commit
+    software = results["source"]["software"]
+    assert software["packages"]["smolagents"] == metadata.version("smolagents")
+    assert software["postgresql"][:1].isdigit() and software["redis"][:1].isdigit(), software
+    assert f"smolagents {software['packages']['smolagents']}" in run.stdout
