@@ -308,12 +308,15 @@ def service_roots(comm_prefix: str, parents: dict[int, int]) -> list[int]:
     return [pid for pid in named if parents[pid] not in named]
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent not idle since boot (/proc/stat)."""
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds all cores spent running something since boot, and seconds stolen from them
+    by the hypervisor (time a virtual core was ready but its host ran something else; it shows
+    in no process's CPU time) (/proc/stat)."""
     with open(PROC / "stat") as fh:
         values = [int(v) for v in fh.readline().split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return (sum(values[:8]) - idle) / CLOCK_TICKS
+    steal = values[7] if len(values) > 7 else 0
+    return (sum(values[:8]) - idle - steal) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
 class CpuMeter:
@@ -329,7 +332,7 @@ class CpuMeter:
         snap = {name: _cpu_s(pids(), parents, deep) for name, (pids, deep) in self.groups.items()}
         snap["postgres"] = _cpu_s(service_roots("postgres", parents), parents, True)
         snap["redis"] = _cpu_s(service_roots("redis-server", parents), parents, True)
-        snap["machine"] = machine_busy_s()
+        snap["machine"], snap["steal"] = machine_cpu_s()
         return snap
 
     def start(self) -> None:
@@ -338,10 +341,11 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         """Seconds of CPU per component; `other` is machine time none of them used (noise from
-        other programs on the machine); `wall_s` for context (2 cores = 2 s of CPU per s)."""
+        other programs on the machine); `steal` the hypervisor's, outside `machine`; `wall_s`
+        for context (2 cores = 2 s of CPU per s)."""
         end = self._snapshot()
         used = {k: max(0.0, end[k] - self._start.get(k, 0.0)) for k in end}
-        known = sum(v for k, v in used.items() if k != "machine")
+        known = sum(v for k, v in used.items() if k not in ("machine", "steal"))
         used["other"] = max(0.0, used["machine"] - known)
         used["wall_s"] = time.monotonic() - self._t0
         return {k: round(v, 2) for k, v in used.items()}

@@ -25,6 +25,7 @@ class Plan:
     profile_s: int
     memory_n: int  # executions per memory run (two runs)
     memory_c: int
+    n_c1_200ms: int  # one client alone with 200 ms calls: the platform's serial path, no contention
     n_c16: int
     n_c64: int
     raw_n: dict[int, int]  # raw smolagents runs per concurrency
@@ -50,6 +51,7 @@ FULL = Plan(
     profile_s=10,
     memory_n=10_000,  # x 2 runs, as the target reads: ~70 s each at ~140 executions/s
     memory_c=8,
+    n_c1_200ms=50,
     n_c16=800,
     n_c64=1280,
     raw_n={1: 200, 8: 800, 16: 480, 64: 1280},
@@ -75,6 +77,7 @@ QUICK = Plan(
     profile_s=0,
     memory_n=100,
     memory_c=4,
+    n_c1_200ms=0,
     n_c16=0,
     n_c64=0,
     raw_n={1: 10, 4: 20},

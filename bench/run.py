@@ -225,6 +225,13 @@ def summary_lines(results: dict[str, Any]) -> str:
     ]
     if noisy:
         lines.append("other programs used >10 % of the machine during: " + ", ".join(noisy))
+    stolen = [
+        f"{key} ({s['machine_steal_pct']} %)"
+        for key, s in results["scenarios"].items()
+        if (s.get("machine_steal_pct") or 0) > 5
+    ]
+    if stolen:
+        lines.append("the hypervisor took >5 % of the cores during: " + ", ".join(stolen))
     prof = results.get("profile") or {}
     for name in ("api", "worker"):
         part = prof.get(name)

@@ -235,10 +235,9 @@ class Bench:
             "raw_smolagents_throughput": raw,
             "vs_raw_smolagents": round(out["throughput"] / raw, 3) if raw else None,
             "cpu_s": cpu,
-            # CPU used by programs that are not part of this run: noise from other users
-            "machine_noise_pct": round(100 * cpu["other"] / (cpu["wall_s"] * CPUS), 1),
+            **machine_shares(cpu),
             "cpu_ms_per_execution": {
-                k: round(1000 * v / ok, 2) for k, v in cpu.items() if k not in ("wall_s",)
+                k: round(1000 * v / ok, 2) for k, v in cpu.items() if k not in ("wall_s", "steal")
             },
         }
         if gc_pauses:
@@ -501,6 +500,7 @@ class Bench:
                 platform = self.server(provider)
                 try:
                     self.warm(platform, provider)
+                    self.closed(platform, provider, "wait", 1, plan.n_c1_200ms)
                     self.closed(platform, provider, "wait", 16, plan.n_c16)
                     self.closed(platform, provider, "wait", 64, plan.n_c64)
                 finally:
@@ -643,12 +643,22 @@ class Bench:
                     **out,
                     "peaks": self.sampler.peaks(),
                     "cpu_s": cpu,
-                    "machine_noise_pct": round(100 * cpu["other"] / (cpu["wall_s"] * CPUS), 1),
+                    **machine_shares(cpu),
                 },
                 section=key,
             )
         finally:
             stop_platform(self.procs, platform)
+
+
+def machine_shares(cpu: dict[str, float]) -> dict[str, float]:
+    """Shares of the machine's cores during a scenario that the run did not get: used by
+    programs outside it (`other`), and stolen by the hypervisor from the virtual cores."""
+    capacity = cpu["wall_s"] * CPUS
+    return {
+        "machine_noise_pct": round(100 * cpu["other"] / capacity, 1),
+        "machine_steal_pct": round(100 * cpu.get("steal", 0.0) / capacity, 1),
+    }
 
 
 def plan_seconds(latency_ms: int) -> float:
