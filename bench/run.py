@@ -218,20 +218,17 @@ def summary_lines(results: dict[str, Any]) -> str:
         )
     )
     lines.append(f"software: {software_line(src.get('software', {}))}")
-    noisy = [
-        f"{key} ({s['machine_noise_pct']} %)"
-        for key, s in results["scenarios"].items()
-        if (s.get("machine_noise_pct") or 0) > 10
-    ]
-    if noisy:
-        lines.append("other programs used >10 % of the machine during: " + ", ".join(noisy))
-    stolen = [
-        f"{key} ({s['machine_steal_pct']} %)"
-        for key, s in results["scenarios"].items()
-        if (s.get("machine_steal_pct") or 0) > 5
-    ]
-    if stolen:
-        lines.append("the hypervisor took >5 % of the cores during: " + ", ".join(stolen))
+    for field, bound, who in (
+        ("machine_noise_pct", 10, "other programs used >10 % of the machine"),
+        ("machine_steal_pct", 5, "the hypervisor took >5 % of the cores"),
+    ):
+        over = [
+            f"{key} ({s[field]} %)"
+            for key, s in results["scenarios"].items()
+            if (s.get(field) or 0) > bound
+        ]
+        if over:
+            lines.append(f"{who} during: " + ", ".join(over))
     prof = results.get("profile") or {}
     for name in ("api", "worker"):
         part = prof.get(name)
