@@ -2,8 +2,8 @@
 
 The full run is sized to finish in about 7 minutes on a 2-core machine at the throughput the
 platform reaches there (~115-155 executions/s at c=8; 11 minutes in the machine's slow
-states); `--quick` is a smoke test that must
-stay well under 60 s (it runs the memory scenario with 100 executions per run, not 10,000).
+states); `--quick` is a smoke test that must stay well under 60 s (it runs the memory
+scenario with 100 executions per run, not 10,000).
 """
 
 from __future__ import annotations
