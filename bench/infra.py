@@ -1,4 +1,5 @@
-"""The run's own PostgreSQL databases (`bench_*`) and Redis namespace, always removed after.
+"""The run's own PostgreSQL databases (`bench_*`) and Redis namespace, always removed after,
+and what the run records of both servers (versions, the cost of a round trip).
 
 PostgreSQL and Redis are shared with other users of the machine: the benchmark creates
 uniquely named databases and a unique REDIS_NAMESPACE, and drops/deletes only those.
@@ -9,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import redis
@@ -62,6 +65,40 @@ def server_versions() -> dict[str, str]:
     finally:
         client.close()
     return {"postgresql": asyncio.run(postgres()), "redis": redis_version}
+
+
+def wake_up_costs(samples: int, idle_s: float = 0.2) -> dict[str, Any]:
+    """p50 in ms of one round trip to PostgreSQL (`SELECT 1`) and to Redis (`PING`), back to
+    back and after `idle_s` of idleness. On a virtual machine a process waiting on an idle
+    core answers several times slower than one on a busy core, and an execution's serial
+    path is about thirty such hand-offs: this says what the machine charges for each."""
+    import redis.asyncio as aioredis
+
+    async def p50(call: Callable[[], Awaitable[object]], pause: float) -> float:
+        times = []
+        for _ in range(samples):
+            if pause:
+                await asyncio.sleep(pause)
+            started = time.perf_counter()
+            await call()
+            times.append((time.perf_counter() - started) * 1000)
+        return round(sorted(times)[len(times) // 2], 3)
+
+    async def measure() -> dict[str, dict[str, float]]:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            calls = {"postgresql": lambda: conn.fetchval("SELECT 1"), "redis": client.ping}
+            out = {}
+            for name, call in calls.items():
+                await call()  # connected and warm
+                out[name] = {"busy": await p50(call, 0.0), "after_idle": await p50(call, idle_s)}
+            return out
+        finally:
+            await conn.close()
+            await client.aclose()
+
+    return {"idle_s": idle_s, "p50_ms": asyncio.run(measure())}
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ class Plan:
     read_duration_s: float
     sandbox_n: int
     sandbox_threads: str
+    wake_up_samples: int  # round trips per measurement of bench.infra.wake_up_costs
 
 
 FULL = Plan(
@@ -65,6 +66,7 @@ FULL = Plan(
     read_duration_s=10,
     sandbox_n=300,
     sandbox_threads="4,8",
+    wake_up_samples=25,
 )
 
 QUICK = Plan(
@@ -91,6 +93,7 @@ QUICK = Plan(
     read_duration_s=2,
     sandbox_n=30,
     sandbox_threads="4",
+    wake_up_samples=5,
 )
 
 ALL_GROUPS = (

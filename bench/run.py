@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `tests.fakes`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report
-from bench.infra import pg_database, redis_namespace, run_id, server_versions
+from bench.infra import pg_database, redis_namespace, run_id, server_versions, wake_up_costs
 from bench.plan import ALL_GROUPS, FULL, QUICK, QUICK_GROUPS, Topology, plan_dict
 from bench.scenarios import Bench
 
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rid = run_id()
     started = time.time()
+    wake_ups = wake_up_costs(plan.wake_up_samples)  # first, on a machine the run leaves idle
     with (
         tempfile.TemporaryDirectory(prefix="bench-") as tmp,
         pg_database(f"bench_{rid}") as database,
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": plan_dict(plan),
     }
     results["source"] = source_state() | {"software": software_state()}
+    results["wake_ups"] = wake_ups
     results["targets"] = report.evaluate(results)
     errors = sum(int(s.get("errors", 0) or 0) for s in results["scenarios"].values())
     results["errors"] = errors
@@ -218,6 +220,7 @@ def summary_lines(results: dict[str, Any]) -> str:
         )
     )
     lines.append(f"software: {software_line(src.get('software', {}))}")
+    lines.append(f"round trips: {wake_ups_line(results.get('wake_ups', {}))}")
     for field, bound, who in (
         ("machine_noise_pct", 10, "other programs used >10 % of the machine"),
         ("machine_steal_pct", 5, "the hypervisor took >5 % of the cores"),
@@ -283,6 +286,17 @@ def software_line(software: dict[str, Any]) -> str:
     )
 
 
+def wake_ups_line(wake_ups: dict[str, Any]) -> str:
+    """'postgresql 0.12 ms back to back, 0.36 ms after 200 ms idle; redis ...'."""
+    if not wake_ups:
+        return "?"
+    idle = f"after {wake_ups['idle_s'] * 1000:g} ms idle"
+    return "; ".join(
+        f"{server} {t['busy']} ms back to back, {t['after_idle']} ms {idle}"
+        for server, t in wake_ups["p50_ms"].items()
+    )
+
+
 def keep_logs(src: Path, dest: Path) -> None:
     """Logs and raw profiles outlive the temporary run directory (for post-mortems)."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -303,6 +317,8 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         + f". {results.get('topology', '')}",
         "",
         f"Software: {software_line(src.get('software', {}))}.",
+        "",
+        f"Round trips (p50): {wake_ups_line(results.get('wake_ups', {}))}.",
         "",
         report.markdown_table(results["targets"]),
         "",

@@ -66,3 +66,8 @@ def test_quick_benchmark_runs_without_errors(tmp_path: Path) -> None:
     assert software["packages"]["smolagents"] == metadata.version("smolagents")
     assert software["postgresql"][:1].isdigit() and software["redis"][:1].isdigit(), software
     assert f"smolagents {software['packages']['smolagents']}" in run.stdout
+    # and what a round trip to each server cost, back to back and after idleness
+    for server in ("postgresql", "redis"):
+        times = results["wake_ups"]["p50_ms"][server]
+        assert times["busy"] > 0 and times["after_idle"] > 0, results["wake_ups"]
+    assert "round trips: postgresql " in run.stdout
