@@ -41,8 +41,13 @@ def run_id() -> str:
     return secrets.token_hex(4)
 
 
+async def _connect_admin_db() -> asyncpg.Connection:
+    """A connection to the server's `postgres` database (creating databases, reading facts)."""
+    return await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+
+
 async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    conn = await _connect_admin_db()
     try:
         await conn.execute(sql)
     finally:
@@ -53,7 +58,7 @@ def server_versions() -> dict[str, str]:
     """PostgreSQL's and Redis's versions, for the run's record."""
 
     async def postgres() -> str:
-        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+        conn = await _connect_admin_db()
         try:
             return str(await conn.fetchval("SHOW server_version")).split()[0]
         finally:
@@ -85,7 +90,7 @@ def wake_up_costs(samples: int, idle_s: float = 0.2) -> dict[str, Any]:
         return round(sorted(times)[len(times) // 2], 3)
 
     async def measure() -> dict[str, dict[str, float]]:
-        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+        conn = await _connect_admin_db()
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
             calls = {"postgresql": lambda: conn.fetchval("SELECT 1"), "redis": client.ping}

@@ -657,7 +657,7 @@ def machine_shares(cpu: dict[str, float]) -> dict[str, float]:
     capacity = cpu["wall_s"] * CPUS
     return {
         "machine_noise_pct": round(100 * cpu["other"] / capacity, 1),
-        "machine_steal_pct": round(100 * cpu.get("steal", 0.0) / capacity, 1),
+        "machine_steal_pct": round(100 * cpu["steal"] / capacity, 1),
     }
 
 

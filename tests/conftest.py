@@ -17,6 +17,7 @@ from asgi_lifespan import LifespanManager
 
 from agent_platform.app import create_app
 from agent_platform.config import Settings
+from agent_platform.events import EventBus
 from agent_platform.store.migrate import upgrade_sync
 from tests.fakes.llm_server import FakeLLMServer
 
@@ -78,6 +79,18 @@ def redis_namespace() -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+async def settled_listeners(bus: EventBus, channel: str, expected: int) -> int:
+    """The count once it is `expected`, or the last one read after 5 s. (UN)SUBSCRIBE is sent
+    on the subscriber's connection and counted on another: Redis may answer the count first.
+    The worker only needs the count to settle; it reads it every few seconds."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while (count := await bus.listeners(channel)) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    return count
 
 
 def make_settings(llm: FakeLLMServer, **overrides: Any) -> Settings:

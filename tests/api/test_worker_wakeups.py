@@ -15,7 +15,7 @@ from agent_platform.config import Settings
 from agent_platform.container import Platform
 from agent_platform.domain import WAKE_CHANNEL
 from agent_platform.services.executions import Submission
-from tests.conftest import make_settings
+from tests.conftest import make_settings, settled_listeners
 from tests.fakes.llm_server import FakeLLMServer, Text, code, final
 
 EXECUTE = "/api/v1/agent/execute"
@@ -88,10 +88,7 @@ async def test_with_several_workers_a_burst_beyond_one_worker_is_never_left_for_
 ) -> None:
     """Each new execution's wake-up is acted on by one worker only; one that fills up before
     claiming all the executions whose wake-ups it took wakes the others (poll disabled)."""
-    for _ in range(100):
-        if await second_worker.bus.listeners(WAKE_CHANNEL) == 2:
-            break
-        await asyncio.sleep(0.05)
+    await settled_listeners(second_worker.bus, WAKE_CHANNEL, 2)
     assert await run_backlog(client, llm, 8) == [f"done {i}" for i in range(8)]
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from agent_platform.events import STREAM_MAXLEN, STREAM_TTL_S, EventBus, InMemoryBus, RedisBus
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, settled_listeners
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -85,18 +85,6 @@ async def test_take_is_shared_between_processes_on_redis(redis_namespace: str) -
     finally:
         await one.close()
         await other.close()
-
-
-async def settled_listeners(bus: RedisBus, channel: str, expected: int) -> int:
-    """The count once it is `expected`, or the last one read after 5 s. (UN)SUBSCRIBE is sent
-    on the subscriber's connection and counted on another: Redis may answer the count first.
-    The worker only needs the count to settle; it reads it every few seconds."""
-    deadline = asyncio.get_running_loop().time() + 5
-    while (count := await bus.listeners(channel)) != expected:
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.01)
-    return count
 
 
 async def test_listeners_count_the_processes_subscribed_to_a_channel(
